@@ -1,0 +1,143 @@
+"""Causal self-attention with a fused QKV projection, RoPE, grouped-query heads and a KV cache."""
+
+import keras
+from keras import ops
+from keras_hub.layers import RotaryEmbedding
+from kerasllm.layers.utils import clone_initializer
+
+
+@keras.saving.register_keras_serializable(package="kerasllm")
+class CausalSelfAttention(keras.layers.Layer):
+    """Multi-head (or grouped-query) causal self-attention.
+
+    One Dense layer computes queries, keys and values together (one matmul instead of three);
+    attention runs through `keras.ops.dot_product_attention`, so each backend uses its fused
+    kernel where it has one. With a cache the layer attends over previously computed keys and
+    values and writes the new ones at `cache_index`: generation then costs one token per step.
+
+    Args:
+        n_head: number of query heads.
+        n_kv_head: number of key/value heads; `None` or `n_head` is multi-head attention,
+            fewer (dividing `n_head`) is grouped-query attention.
+        dropout: dropout rate on the output projection.
+        use_bias: biases in the projections.
+        rope: apply rotary position embeddings to queries and keys.
+        rope_theta: RoPE base wavelength.
+        kernel_initializer: initializer of the QKV kernel.
+        output_initializer: initializer of the output projection kernel (GPT-2 scales it by
+            `1/sqrt(2 * n_layer)`).
+
+    Call arguments:
+        x: `(batch, time, n_embd)` float tensor.
+        cache: optional `(batch, 2, max_length, n_kv_head, head_dim)` key/value cache.
+        cache_index: int scalar, position of `x[:, 0]` in the cache.
+
+    Returns:
+        `y` of the shape of `x`, or `(y, updated_cache)` when a cache is given.
+
+    Examples:
+
+    >>> import numpy as np
+    >>> layer = CausalSelfAttention(n_head=4, n_kv_head=2)
+    >>> layer(np.zeros((2, 5, 32), "float32")).shape
+    (2, 5, 32)
+    """
+
+    def __init__(
+        self,
+        n_head,
+        n_kv_head=None,
+        dropout=0.0,
+        use_bias=True,
+        rope=False,
+        rope_theta=10000.0,
+        kernel_initializer="glorot_uniform",
+        output_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.n_head = n_head
+        self.n_kv_head = n_kv_head or n_head
+        if n_head % self.n_kv_head:
+            raise ValueError(f"n_head={n_head} must be a multiple of n_kv_head={self.n_kv_head}")
+        self.dropout = dropout
+        self.use_bias = use_bias
+        self.rope = rope
+        self.rope_theta = rope_theta
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.output_initializer = keras.initializers.get(output_initializer)
+
+    def build(self, input_shape):
+        n_embd = input_shape[-1]
+        if n_embd % self.n_head:
+            raise ValueError(f"n_embd={n_embd} must be divisible by n_head={self.n_head}")
+        self.head_dim = n_embd // self.n_head
+        self.qkv = keras.layers.Dense(
+            (self.n_head + 2 * self.n_kv_head) * self.head_dim,
+            use_bias=self.use_bias,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            dtype=self.dtype_policy,
+            name="qkv",
+        )
+        self.qkv.build(input_shape)
+        self.proj = keras.layers.Dense(
+            n_embd,
+            use_bias=self.use_bias,
+            kernel_initializer=clone_initializer(self.output_initializer),
+            dtype=self.dtype_policy,
+            name="proj",
+        )
+        self.proj.build((*input_shape[:-1], self.n_head * self.head_dim))
+        self.rotary = (
+            RotaryEmbedding(max_wavelength=self.rope_theta, dtype=self.dtype_policy, name="rotary")
+            if self.rope
+            else None
+        )
+        self.out_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self.built = True
+
+    def call(self, x, cache=None, cache_index=None, training=None):
+        batch, time = ops.shape(x)[0], ops.shape(x)[1]
+        H, K, D = self.n_head, self.n_kv_head, self.head_dim
+        qkv = self.qkv(x)  # (B, T, (H + 2K) * D)
+        q = ops.reshape(qkv[..., : H * D], (batch, time, H, D))  # (B, T, H, D)
+        k = ops.reshape(qkv[..., H * D : (H + K) * D], (batch, time, K, D))  # (B, T, K, D)
+        v = ops.reshape(qkv[..., (H + K) * D :], (batch, time, K, D))  # (B, T, K, D)
+        start = 0 if cache_index is None else cache_index
+        if self.rotary is not None:
+            q = self.rotary(q, start_index=start)
+            k = self.rotary(k, start_index=start)
+
+        if cache is None:
+            y = ops.dot_product_attention(q, self._repeat_kv(k), self._repeat_kv(v), is_causal=True)
+        else:
+            cache = ops.slice_update(cache, (0, 0, start, 0, 0), ops.stack([k, v], axis=1))
+            keys, values = cache[:, 0], cache[:, 1]  # (B, S, K, D)
+            max_length = ops.shape(cache)[2]
+            # Query at absolute position start + t sees cache slots 0..start + t.
+            query_pos = ops.arange(time) + start
+            mask = ops.arange(max_length)[None, :] <= query_pos[:, None]  # (T, S)
+            y = ops.dot_product_attention(
+                q, self._repeat_kv(keys), self._repeat_kv(values), mask=mask[None, None]
+            )
+        y = ops.reshape(y, (batch, time, H * D))  # (B, T, C)
+        y = self.out_dropout(self.proj(y), training=training)
+        return y if cache is None else (y, cache)
+
+    def _repeat_kv(self, t):
+        groups = self.n_head // self.n_kv_head
+        return t if groups == 1 else ops.repeat(t, groups, axis=2)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            n_head=self.n_head,
+            n_kv_head=self.n_kv_head,
+            dropout=self.dropout,
+            use_bias=self.use_bias,
+            rope=self.rope,
+            rope_theta=self.rope_theta,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            output_initializer=keras.initializers.serialize(self.output_initializer),
+        )
+        return config

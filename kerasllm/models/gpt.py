@@ -1,0 +1,182 @@
+"""GPT: a decoder-only Transformer language model (GPT-2 and LLaMA-style options)."""
+
+import math
+
+import keras
+from keras import ops
+from keras_hub.layers import PositionEmbedding, ReversibleEmbedding
+
+from kerasllm.layers import DecoderBlock, default_mlp_hidden, make_norm
+
+
+@keras.saving.register_keras_serializable(package="kerasllm")
+class GPT(keras.Model):
+    """Decoder-only Transformer: embeddings -> n_layer pre-norm blocks -> norm -> LM head.
+
+    The defaults are GPT-2's layout (learned positions, LayerNorm, GELU MLP, tied embeddings,
+    GPT-2 init: N(0, 0.02) weights and N(0, 0.02/sqrt(2 * n_layer)) for projections that
+    write into the residual stream). `positions="rope"`, `norm="rmsnorm"`, `mlp="swiglu"`,
+    `n_kv_head < n_head` and `bias=False` give the LLaMA layout.
+
+    Args:
+        vocab_size: number of token ids.
+        block_size: longest sequence (learned position table size; generation context).
+        n_layer: decoder blocks.
+        n_head: attention heads.
+        n_embd: residual width.
+        n_kv_head: key/value heads; `None` or 0 means `n_head`.
+        mlp_hidden: MLP hidden width; `None` or 0 means 4*n_embd (GELU) or ~8/3*n_embd (SwiGLU).
+        mlp: "gelu" or "swiglu".
+        norm: "layernorm" or "rmsnorm".
+        norm_eps: epsilon of the norms.
+        positions: "learned" or "rope".
+        rope_theta: RoPE base wavelength.
+        dropout: dropout on embeddings and residual branches.
+        bias: biases in Dense and LayerNorm layers.
+        tie_embeddings: the output head reuses the token embedding matrix.
+
+    Call arguments:
+        token_ids: int tensor `(batch, time)` with `time <= block_size`.
+
+    Returns:
+        float32 logits `(batch, time, vocab_size)`.
+
+    Examples:
+
+    >>> import numpy as np
+    >>> model = GPT(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32)
+    >>> model(np.zeros((3, 16), "int32")).shape
+    (3, 16, 50)
+    """
+
+    def __init__(
+        self,
+        vocab_size,
+        block_size,
+        n_layer=4,
+        n_head=4,
+        n_embd=128,
+        n_kv_head=None,
+        mlp_hidden=None,
+        mlp="gelu",
+        norm="layernorm",
+        norm_eps=1e-5,
+        positions="learned",
+        rope_theta=10000.0,
+        dropout=0.0,
+        bias=True,
+        tie_embeddings=True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if positions not in ("learned", "rope"):
+            raise ValueError(f"positions must be 'learned' or 'rope', got {positions!r}")
+        self.vocab_size = vocab_size
+        self.block_size = block_size
+        self.n_layer = n_layer
+        self.n_head = n_head
+        self.n_embd = n_embd
+        self.n_kv_head = n_kv_head or n_head
+        self.mlp_hidden = mlp_hidden or default_mlp_hidden(n_embd, mlp)
+        self.mlp = mlp
+        self.norm = norm
+        self.norm_eps = norm_eps
+        self.positions = positions
+        self.rope_theta = rope_theta
+        self.dropout = dropout
+        self.bias = bias
+        self.tie_embeddings = tie_embeddings
+
+        def normal(stddev):
+            return {"class_name": "RandomNormal", "config": {"stddev": stddev}}
+
+        self.token_embedding = ReversibleEmbedding(
+            vocab_size, n_embd, tie_weights=tie_embeddings,
+            embeddings_initializer=normal(0.02), dtype=self.dtype_policy, name="token_embedding",
+        )
+        self.position_embedding = (
+            PositionEmbedding(block_size, initializer=normal(0.02), dtype=self.dtype_policy, name="position_embedding")
+            if positions == "learned"
+            else None
+        )
+        self.embedding_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+        self.blocks = [
+            DecoderBlock(
+                n_head, self.n_kv_head, mlp_hidden=self.mlp_hidden, mlp=mlp, norm=norm,
+                norm_eps=norm_eps, dropout=dropout, use_bias=bias, rope=positions == "rope",
+                rope_theta=rope_theta, kernel_initializer=normal(0.02),
+                output_initializer=normal(0.02 / math.sqrt(2 * n_layer)),
+                dtype=self.dtype_policy, name=f"block_{i}",
+            )
+            for i in range(n_layer)
+        ]
+        self.final_norm = make_norm(norm, norm_eps, bias, name="final_norm", dtype=self.dtype_policy)
+
+    def build(self, input_shape=(None, None)):
+        self.token_embedding.build(input_shape)
+        hidden_shape = (*input_shape, self.n_embd)
+        if self.position_embedding is not None:
+            self.position_embedding.build(hidden_shape)
+        for block in self.blocks:
+            block.build(hidden_shape)
+        self.final_norm.build(hidden_shape)
+        self.built = True
+
+    def _embed(self, token_ids, start_index=0, training=None):
+        x = self.token_embedding(token_ids)  # (B, T, C)
+        if self.position_embedding is not None:
+            x = x + self.position_embedding(x, start_index=start_index)
+        return self.embedding_dropout(x, training=training)
+
+    def _head(self, x):
+        x = self.final_norm(x)
+        return ops.cast(self.token_embedding(x, reverse=True), "float32")  # (B, T, V)
+
+    def call(self, token_ids, training=None):
+        x = self._embed(token_ids, training=training)
+        for block in self.blocks:
+            x = block(x, training=training)
+        return self._head(x)
+
+    # --- cached decoding -------------------------------------------------------------------
+    def init_cache(self, batch_size, max_length):
+        """An empty key/value cache `(batch, n_layer, 2, max_length, n_kv_head, head_dim)`."""
+        head_dim = self.n_embd // self.n_head
+        return ops.zeros(
+            (batch_size, self.n_layer, 2, max_length, self.n_kv_head, head_dim),
+            dtype=self.compute_dtype,
+        )
+
+    def call_with_cache(self, token_ids, cache, cache_index):
+        """Runs `token_ids` (placed at `cache_index`) against the cache.
+
+        Returns:
+            `(logits, cache)`: float32 logits `(batch, time, vocab)` and the updated cache.
+        """
+        x = self._embed(token_ids, start_index=cache_index)
+        caches = []
+        for i, block in enumerate(self.blocks):
+            x, layer_cache = block(x, cache=cache[:, i], cache_index=cache_index)
+            caches.append(layer_cache)
+        return self._head(x), ops.stack(caches, axis=1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            vocab_size=self.vocab_size,
+            block_size=self.block_size,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            n_embd=self.n_embd,
+            n_kv_head=self.n_kv_head,
+            mlp_hidden=self.mlp_hidden,
+            mlp=self.mlp,
+            norm=self.norm,
+            norm_eps=self.norm_eps,
+            positions=self.positions,
+            rope_theta=self.rope_theta,
+            dropout=self.dropout,
+            bias=self.bias,
+            tie_embeddings=self.tie_embeddings,
+        )
+        return config

@@ -1,0 +1,146 @@
+"""Character (Unicode codepoint) tokenizer."""
+
+import collections
+
+import numpy as np
+import tensorflow as tf
+
+from kerasllm.tokenizers.base import (
+    DEFAULT_SPECIAL_TOKENS,
+    Tokenizer,
+    as_id_array,
+    register_tokenizer,
+)
+
+
+@register_tokenizer("char")
+class CharTokenizer(Tokenizer):
+    """One id per Unicode codepoint seen in the training text.
+
+    Ids 0..len(special_tokens)-1 are the special tokens; the characters follow in codepoint
+    order. A character that was not in the training text encodes to `<unk>` and decodes to
+    U+FFFD. Works for any script: English, Chinese, emoji.
+
+    Args:
+        chars: the vocabulary, a string or list of single characters.
+        special_tokens: reserved tokens; must include `<pad>`, `<unk>`, `<bos>`, `<eos>`.
+
+    Examples:
+
+    >>> tok = CharTokenizer.train(["to be or not to be", "红楼梦"])
+    >>> ids = tok.encode("be 红")
+    >>> tok.decode(ids)
+    'be 红'
+    >>> tok.vocabulary_size
+    14
+    """
+
+    def __init__(self, chars, special_tokens=DEFAULT_SPECIAL_TOKENS):
+        super().__init__(special_tokens)
+        chars = sorted(set(chars))
+        if any(len(c) != 1 for c in chars):
+            raise ValueError("CharTokenizer vocabulary entries must be single characters")
+        self.chars = chars
+        offset = len(self.special_tokens)
+        self._codepoints = np.array([ord(c) for c in chars], dtype=np.int64)  # sorted
+        self._ids = np.arange(offset, offset + len(chars), dtype=np.int64)
+        self._special_to_id = {t: i for i, t in enumerate(self.special_tokens)}
+        self._tables = None
+
+    @classmethod
+    def train(cls, texts, vocab_size=0, special_tokens=DEFAULT_SPECIAL_TOKENS, **kwargs):
+        """Builds the vocabulary from every character in `texts`.
+
+        With `vocab_size > 0` only the most frequent characters are kept, so the total
+        vocabulary (specials included) is at most `vocab_size`.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        if vocab_size:
+            counts = collections.Counter()
+            for text in texts:
+                counts.update(text)
+            keep = max(vocab_size - len(special_tokens), 0)
+            chars = [c for c, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:keep]]
+        else:
+            chars = set()
+            for text in texts:
+                chars.update(text)
+        return cls(chars, special_tokens=special_tokens)
+
+    def get_config(self):
+        return {"chars": "".join(self.chars), "special_tokens": self.special_tokens}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(list(config["chars"]), special_tokens=config["special_tokens"])
+
+    def token_to_id(self, token):
+        if token in self._special_to_id:
+            return self._special_to_id[token]
+        if len(token) == 1:
+            index = np.searchsorted(self._codepoints, ord(token))
+            if index < len(self._codepoints) and self._codepoints[index] == ord(token):
+                return int(self._ids[index])
+        return self.unk_id
+
+    @property
+    def vocabulary_size(self):
+        return len(self.special_tokens) + len(self.chars)
+
+    def encode(self, text):
+        codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        if not len(self._codepoints):
+            return np.full(len(codepoints), self.unk_id, dtype=np.int32)
+        index = np.searchsorted(self._codepoints, codepoints)
+        index = np.minimum(index, len(self._codepoints) - 1)
+        found = self._codepoints[index] == codepoints
+        return np.where(found, self._ids[index], self.unk_id).astype(np.int32)
+
+    def _id_to_codepoint(self):
+        """Array mapping id -> codepoint; specials -> -1 (dropped), <unk> -> U+FFFD."""
+        table = np.full(self.vocabulary_size, -1, dtype=np.int64)
+        table[self._ids] = self._codepoints
+        table[self.unk_id] = 0xFFFD
+        return table
+
+    def decode(self, ids, skip_special_tokens=True):
+        ids = as_id_array(ids)
+        if not skip_special_tokens:
+            names = self.special_tokens
+            return "".join(names[i] if i < len(names) else self.chars[i - len(names)] for i in ids)
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.vocabulary_size):
+            raise ValueError(f"token id out of range [0, {self.vocabulary_size}): {ids.min()}..{ids.max()}")
+        codepoints = self._id_to_codepoint()[ids]
+        return "".join(map(chr, codepoints[codepoints >= 0]))
+
+    def _graph_tables(self):
+        if self._tables is None:
+            encode_table = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(
+                    tf.constant(self._codepoints, tf.int32), tf.constant(self._ids, tf.int32)
+                ),
+                default_value=self.unk_id,
+            )
+            decode_table = tf.constant(self._id_to_codepoint(), tf.int32)
+            self._tables = (encode_table, decode_table)
+        return self._tables
+
+    def tf_encode(self, texts):
+        encode_table, _ = self._graph_tables()
+        codepoints = tf.strings.unicode_decode(texts, "UTF-8", errors="replace")
+        if isinstance(codepoints, tf.RaggedTensor):
+            return codepoints.with_flat_values(encode_table.lookup(codepoints.flat_values))
+        return encode_table.lookup(codepoints)
+
+    def tf_decode(self, ids):
+        _, decode_table = self._graph_tables()
+        ids = ids if isinstance(ids, tf.RaggedTensor) else tf.convert_to_tensor(ids)
+        if not isinstance(ids, tf.RaggedTensor) and ids.shape.rank == 1:
+            codepoints = tf.gather(decode_table, tf.cast(ids, tf.int32))
+            return tf.strings.unicode_encode(tf.boolean_mask(codepoints, codepoints >= 0), "UTF-8")
+        if not isinstance(ids, tf.RaggedTensor):
+            ids = tf.RaggedTensor.from_tensor(ids)
+        codepoints = tf.ragged.map_flat_values(tf.gather, decode_table, tf.cast(ids, tf.int32))
+        codepoints = tf.ragged.boolean_mask(codepoints, codepoints >= 0)
+        return tf.strings.unicode_encode(codepoints, "UTF-8")
