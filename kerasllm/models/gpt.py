@@ -122,10 +122,15 @@ class GPT(keras.Model):
         self.final_norm.build(hidden_shape)
         self.built = True
 
-    def _embed(self, token_ids, start_index=0, training=None):
+    def _embed(self, token_ids, start_index=None, training=None):
         x = self.token_embedding(token_ids)  # (B, T, C)
         if self.position_embedding is not None:
-            x = x + self.position_embedding(x, start_index=start_index)
+            positions = None
+            if start_index is not None:
+                # Gather rather than slice: under XLA a slice at a traced offset recompiles for
+                # every new offset, a gather compiles once.
+                positions = ops.arange(ops.shape(token_ids)[1]) + start_index
+            x = x + self.position_embedding(x, positions=positions)
         return self.embedding_dropout(x, training=training)
 
     def _head(self, x):

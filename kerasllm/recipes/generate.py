@@ -1,0 +1,61 @@
+"""Generate text from a trained run.
+
+    python -m kerasllm.recipes.generate --model RUN_DIR --prompt TEXT [--max-new-tokens N]
+                                        [--temperature T] [--top-k K] [--top-p P] [--seed S]
+"""
+
+import argparse
+import sys
+
+from kerasllm.recipes.cli import run_cli
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m kerasllm.recipes.generate",
+        description="Print a continuation of a prompt from a trained run directory.",
+    )
+    parser.add_argument("--model", required=True, help="run directory written by the pretrain recipe")
+    parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    parser.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default 200)")
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default 0.8)")
+    parser.add_argument("--top-k", type=int, default=40, help="sample among the k likeliest; 0: all (default 40)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass; 1: off (default 1.0)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed for repeatable samples")
+    parser.add_argument("--no-stream", action="store_true", help="print the text at the end instead of as it comes")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from kerasllm.errors import ConfigError
+
+    if args.max_new_tokens < 0:
+        raise ConfigError(f"--max-new-tokens {args.max_new_tokens}: expected 0 or more")
+    if args.temperature < 0:
+        raise ConfigError(f"--temperature {args.temperature}: expected 0 or more")
+    if not 0 < args.top_p <= 1:
+        raise ConfigError(f"--top-p {args.top_p}: expected a number in (0, 1]")
+
+    from kerasllm.generation import Generator
+    from kerasllm.training import load_run
+
+    _, tokenizer, model = load_run(args.model)
+    generator = Generator(model, tokenizer)
+    prompt_ids = [tokenizer.encode(args.prompt)]
+    sys.stdout.write(args.prompt)
+    pieces = []
+    for token in generator.stream(
+        prompt_ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed
+    ):
+        pieces.append(int(token[0]))
+        if not args.no_stream:
+            sys.stdout.write(tokenizer.decode([pieces[-1]]))
+            sys.stdout.flush()
+    if args.no_stream:
+        sys.stdout.write(tokenizer.decode(pieces))
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    run_cli(main)
