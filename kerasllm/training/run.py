@@ -149,9 +149,12 @@ def pretrain(config, output_dir, restart=False, log=print, verbose="auto"):
         data.train_ids, block, batch, stride=config.data.stride, shuffle=True, repeat=True,
         seed=config.data.seed, name="train",
     ).skip(step)  # a resumed run continues the exact batch sequence
+    # Validation windows are spread evenly over the whole split (not its first pages), so
+    # eval_steps batches estimate the loss of all of it.
+    val_stride = max(block, (len(data.val_ids) - block - 1) // max(1, train.eval_steps * batch))
     val_ds = lm_dataset(
-        data.val_ids, block, batch, shuffle=False, repeat=False, max_batches=train.eval_steps,
-        name="validation",
+        data.val_ids, block, batch, stride=val_stride, shuffle=False, repeat=False,
+        max_batches=train.eval_steps, name="validation",
     )
     parameters = model.count_params()
     log(
