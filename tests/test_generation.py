@@ -59,3 +59,46 @@ def test_samplers():
     assert sample_next(logits, rng, temperature=0)[0] == 0
     draws = np.array([sample_next(logits, rng, temperature=1.0)[0] for _ in range(4000)])
     np.testing.assert_allclose(np.bincount(draws, minlength=4) / 4000, [0.5, 0.3, 0.15, 0.05], atol=0.03)
+
+
+def test_ragged_batch_rows_equal_single_rows(gpt):
+    generator = Generator(gpt)
+    batch = generator.generate([[1, 2, 3, 4, 5, 6], [7, 8]], 6, temperature=0)
+    assert [len(row) for row in batch] == [12, 8]
+    for row, prompt in zip(batch, [[1, 2, 3, 4, 5, 6], [7, 8]]):
+        np.testing.assert_array_equal(row, generator.generate([prompt], 6, temperature=0)[0])
+
+
+def test_compiled_loop_is_reused_and_seeded(gpt):
+    generator = Generator(gpt)
+    a = generator.generate([[1, 2]], 8, temperature=1.0, top_p=0.9, seed=5)
+    b = generator.generate([[1, 2]], 8, temperature=1.0, top_p=0.9, seed=5)
+    np.testing.assert_array_equal(a, b)
+    (_, loop, _), = generator._loops.values()
+    assert loop.experimental_get_tracing_count() == 1
+    generator.generate([[3, 4]], 8, temperature=1.0, top_p=0.9, seed=6)
+    assert loop.experimental_get_tracing_count() == 1
+
+
+def test_beam_search_scores_at_least_greedy(gpt):
+    generator = Generator(gpt)
+    prompt = [[4, 5, 6]]
+
+    def log_likelihood(ids):
+        logits = np.asarray(gpt(np.asarray(ids, "int32")[None]))[0]
+        logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+        return sum(logp[t - 1, ids[t]] for t in range(3, len(ids)))
+
+    greedy = generator.generate(prompt, 6, temperature=0)[0]
+    beam = generator.generate(prompt, 6, num_beams=4)[0]
+    assert log_likelihood(beam) >= log_likelihood(greedy) - 1e-4
+
+
+def test_stop_ids_end_generation(gpt):
+    generator = Generator(gpt)
+    greedy = generator.generate([[1, 2, 3]], 10, temperature=0)[0]
+    stop = int(greedy[5])
+    stopped = generator.generate([[1, 2, 3]], 10, temperature=0, stop_ids=[stop])[0]
+    assert stopped[-1] == stop and len(stopped) <= 6
+    streamed = np.concatenate(list(generator.stream([[1, 2, 3]], 10, temperature=0, stop_ids=[stop])))
+    np.testing.assert_array_equal(streamed, stopped[3:])
