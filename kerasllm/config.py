@@ -92,6 +92,7 @@ class TrainConfig:
     warmup_steps: int = _opt(100, "linear warmup steps")
     lr_decay_steps: int = _opt(0, "steps of the cosine decay after warmup ends; 0: max_steps")
     weight_decay: float = _opt(0.1, "AdamW decoupled weight decay (>=2-D kernels only)")
+    decay_embeddings: bool = _opt(False, "also decay embedding tables (nanoGPT does)")
     beta1: float = _opt(0.9, "Adam beta_1")
     beta2: float = _opt(0.99, "Adam beta_2")
     grad_clip: float = _opt(1.0, "clip gradients by global norm; 0: off")

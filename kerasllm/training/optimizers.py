@@ -26,11 +26,12 @@ def build_schedule(train):
     )
 
 
-def no_decay_variables(model):
-    """Variables AdamW must not decay: biases, norm scales and embeddings (anything < 2-D or an embedding table)."""
+def no_decay_variables(model, decay_embeddings=False):
+    """Variables AdamW must not decay: biases and norm scales (< 2-D), and embedding tables
+    unless `decay_embeddings`."""
     return [
         v for v in model.trainable_variables
-        if len(v.shape) < 2 or "embedding" in v.path
+        if len(v.shape) < 2 or (not decay_embeddings and "embedding" in v.path)
     ]
 
 
@@ -43,5 +44,5 @@ def build_optimizer(train, model):
         beta_2=train.beta2,
         global_clipnorm=train.grad_clip or None,
     )
-    optimizer.exclude_from_weight_decay(var_list=no_decay_variables(model))
+    optimizer.exclude_from_weight_decay(var_list=no_decay_variables(model, train.decay_embeddings))
     return optimizer
