@@ -83,3 +83,50 @@ def test_lstm_state_continues_the_sequence():
     first, state = model.call_with_state(x[:, :7], model.init_state(2))
     second, _ = model.call_with_state(x[:, 7:], state)
     np.testing.assert_allclose(np.concatenate([first, second], axis=1), full, atol=1e-5)
+
+
+def test_attention_matches_plain_softmax_reference():
+    from kerasllm.layers import CausalSelfAttention
+
+    layer = CausalSelfAttention(n_head=4, n_kv_head=2)
+    x = np.random.default_rng(4).normal(size=(2, 7, 16)).astype("float32")
+    out = np.asarray(layer(x))
+    qkv = np.asarray(layer.qkv(x))
+    H, K, D = 4, 2, 4
+    q = qkv[..., : H * D].reshape(2, 7, H, D)
+    k = np.repeat(qkv[..., H * D : (H + K) * D].reshape(2, 7, K, D), H // K, axis=2)
+    v = np.repeat(qkv[..., (H + K) * D :].reshape(2, 7, K, D), H // K, axis=2)
+    scores = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(D)
+    scores = np.where(np.tril(np.ones((7, 7), bool)), scores, -np.inf)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    y = np.einsum("bhts,bshd->bthd", probs, v).reshape(2, 7, H * D)
+    np.testing.assert_allclose(out, np.asarray(layer.proj(y)), atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("positions", ["learned", "rope"])
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+@pytest.mark.parametrize("mlp", ["gelu", "swiglu"])
+def test_every_option_combination(positions, norm, mlp):
+    """All option combinations build, stay causal, match the KV cache and reload from .keras."""
+    for n_kv_head, bias, tie, dropout in [(0, True, True, 0.0), (1, False, False, 0.1)]:
+        config = ModelConfig(
+            n_layer=1, n_head=2, n_kv_head=n_kv_head, n_embd=8, block_size=6, positions=positions,
+            norm=norm, mlp=mlp, bias=bias, tie_embeddings=tie, dropout=dropout,
+        )
+        model = build_model(config, vocab_size=11)
+        x = np.random.default_rng(5).integers(0, 11, (2, 6)).astype("int32")
+        full = np.asarray(model(x))
+        cache = model.init_cache(2, 6)
+        first, cache = model.call_with_cache(x[:, :4], cache, 0)
+        last, _ = model.call_with_cache(x[:, 4:5], cache, 4)
+        np.testing.assert_allclose(np.asarray(first), full[:, :4], atol=1e-5)
+        np.testing.assert_allclose(np.asarray(last)[:, 0], full[:, 4], atol=1e-5)
+        changed = x.copy()
+        changed[:, 3:] = (changed[:, 3:] + 1) % 11
+        np.testing.assert_allclose(np.asarray(model(changed))[:, :3], full[:, :3], atol=1e-5)
+        config_round_trip = type(model).from_config(model.get_config())
+        assert config_round_trip.get_config() == model.get_config()
+        if dropout:
+            assert not np.allclose(np.asarray(model(x, training=True)), full)
