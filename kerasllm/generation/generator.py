@@ -145,21 +145,25 @@ class Generator:
         if key not in self._loops:
             sampler = make_sampler(temperature, top_k, top_p, num_beams, seed=seed)
             stops = tuple(stop_ids) or None
-
-            def run(buffer, mask, start):
-                return self._loop_fn(sampler)(buffer, mask, start, stops)
-
             generator = getattr(sampler, "seed_generator", None)
+
+            def run(buffer, mask, start, seed_state):
+                if generator is None:
+                    return self._loop_fn(sampler)(buffer, mask, start, stops)
+                # The RNG state is an input, not a captured constant: under jax.jit a captured
+                # state would freeze the samples; as an input, equal seeds repeat and others differ.
+                with keras.StatelessScope(state_mapping=[(generator.state, seed_state)]):
+                    return self._loop_fn(sampler)(buffer, mask, start, stops)
+
             initial = None if generator is None else np.asarray(generator.state.value)
             self._loops[key] = (sampler, _compile(run, self.jit_compile), initial)
         sampler, fn, initial = self._loops[key]
-        generator = getattr(sampler, "seed_generator", None)
-        if generator is not None:
-            state = initial.copy()
-            if seed is not None:
-                state[0] = seed
-            generator.state.assign(state)  # same seed, same sample, without a recompile
-        return fn
+        if initial is None:
+            return lambda buffer, mask, start: fn(buffer, mask, start, np.zeros(2, np.uint32))
+        state = initial.copy()
+        state[0] = seed if seed is not None else np.random.randint(0, 2**31 - 1)
+        state[1] = 0
+        return lambda buffer, mask, start: fn(buffer, mask, start, state)
 
     # --- public API ----------------------------------------------------------------------
     def _prompt_rows(self, prompt):
