@@ -117,11 +117,36 @@ class SampleConfig:
     seed: int = _opt(1337, "sampling seed")
 
 
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning a pretrained run: a classifier head or prompt -> response (SFT)."""
+
+    task: str = _choice("classify", ["classify", "sft"], "classify: text -> label; sft: prompt -> response")
+    text_column: str = _opt("", "column (or JSONL field) holding the text; '': auto-detect")
+    label_column: str = _opt("", "column (or JSONL field) holding the label; '': auto-detect")
+    prompt_field: str = _opt("prompt", "JSONL field holding the prompt (sft)")
+    response_field: str = _opt("response", "JSONL field holding the response (sft)")
+    max_length: int = _opt(0, "tokens per example (longer ones are truncated); 0: model.block_size")
+    freeze_blocks: int = _opt(0, "freeze the embeddings and the bottom N blocks / LSTM layers; -1: all")
+    drop_blocks: int = _opt(0, "remove the top K blocks / LSTM layers of the pretrained model")
+    add_dense: int = _opt(0, "new Dense+GELU layers (model width) between pooling and the output layer")
+    pooling: str = _choice("last", ["last", "mean"], "last non-pad token, or the mean over non-pad tokens")
+    head_dropout: float = _opt(0.1, "dropout before each head layer")
+    lora_rank: int = _opt(0, "LoRA rank on the target Dense layers (backbone frozen); 0: full fine-tuning")
+    lora_alpha: float = _opt(0.0, "LoRA scale numerator: updates are scaled by alpha/rank; 0: alpha = rank")
+    lora_targets: str = _opt("*/attn/qkv,*/attn/proj", "comma-separated glob patterns of Dense layer paths for LoRA")
+    class_weights: str = _opt("", "'balanced', or comma-separated label:weight pairs; '': none")
+    val_fraction: float = _opt(0.1, "share of the training file held out when no --val file is given")
+    epochs: int = _opt(3, "passes over the training examples (classify); train.max_steps caps the steps")
+    from_scratch: bool = _opt(False, "re-initialize the pretrained weights (baseline with the same architecture)")
+
+
 SECTIONS = {
     "model": ModelConfig,
     "data": DataConfig,
     "train": TrainConfig,
     "sample": SampleConfig,
+    "finetune": FinetuneConfig,
 }
 
 
@@ -134,6 +159,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     @classmethod
     def from_dict(cls, values, source="config"):
