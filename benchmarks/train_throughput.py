@@ -128,7 +128,7 @@ def main():
             timer = StepTimer()
             timer.times = []
             start = time.perf_counter()
-            model.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0, callbacks=[timer])
+            model.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0, callbacks=[timer], shuffle=False)
             compile_s = time.perf_counter() - start
             params = model.count_params()
             n_attn = 12 * c["n_layer"] * c["block_size"] * c["n_embd"]
@@ -137,11 +137,14 @@ def main():
                                    params=params, flops_per_token=flops_per_token, rounds=[])
             print(f"[{config_name}] {variant}: {params:,} params, first steps {compile_s:.1f} s")
 
+        peaks = []
         for r in range(args.rounds):
+            peaks.append(measure_peak())  # interleaved, so MFU uses the peak of the same moments
             for variant, entry in models.items():
                 timer = StepTimer()
                 timer.times = []
-                entry["model"].fit(dataset, steps_per_epoch=args.steps, epochs=1, verbose=0, callbacks=[timer])
+                entry["model"].fit(dataset, steps_per_epoch=args.steps, epochs=1, verbose=0, callbacks=[timer],
+                                   shuffle=False)
                 step = statistics.median(timer.times[2:])
                 entry["rounds"].append(tokens_per_step / step)
             print(f"[{config_name}] round {r + 1}: " + ", ".join(
@@ -160,12 +163,14 @@ def main():
                 per_round_ratio = statistics.median(t / rr for t, rr in zip(entry["rounds"], refs))
             table[variant] = dict(
                 tokens_per_second=tps, ratio_vs_keras_hub_best=per_round_ratio,
-                mfu=tps * entry["flops_per_token"] / peak, ms_per_step=1000 * tokens_per_step / tps,
+                mfu=tps * entry["flops_per_token"] / statistics.median(peaks),
+                ms_per_step=1000 * tokens_per_step / tps,
                 first_steps_seconds=entry["compile_s"], rss_growth_mb=entry["rss_mb"],
                 parameters=entry["params"], rounds=entry["rounds"],
             )
-        results["configs"][config_name] = dict(shape=c, variants=table)
-        print(f"\n{config_name}: {c}")
+        results["configs"][config_name] = dict(shape=c, variants=table, peak_flops_rounds=peaks)
+        print(f"\n{config_name}: {c}; fp32 matmul peak during the rounds (median): "
+              f"{statistics.median(peaks) / 1e9:.0f} GFLOP/s")
         print(f"{'variant':18} {'tok/s':>9} {'ms/step':>8} {'x keras-hub':>11} {'MFU':>6} {'compile s':>9} {'RSS MB':>7}")
         for variant, row in table.items():
             ratio = f"{row['ratio_vs_keras_hub_best']:.2f}" if row["ratio_vs_keras_hub_best"] else "-"
