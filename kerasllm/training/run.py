@@ -114,7 +114,7 @@ def _restore(run_dir, config, log):
     return model, step
 
 
-def pretrain(config, output_dir, restart=False, log=print, verbose="auto"):
+def pretrain(config, output_dir, restart=False, log=print, verbose="auto", callbacks=()):
     """Trains a language model as `config` says and writes a run directory.
 
     Args:
@@ -123,6 +123,7 @@ def pretrain(config, output_dir, restart=False, log=print, verbose="auto"):
         restart: ignore existing checkpoints and start over.
         log: function printing progress lines.
         verbose: Keras `fit` verbosity.
+        callbacks: extra Keras callbacks for `fit` (e.g. `kerasllm.notebook.LiveLossPlot`).
 
     Returns:
         `(model, tokenizer, metrics)`.
@@ -165,6 +166,7 @@ def pretrain(config, output_dir, restart=False, log=print, verbose="auto"):
 
     throughput = Throughput(tokens_per_step=batch * block)
     callbacks = [
+        *callbacks,
         StopAtStep(train.max_steps),
         throughput,
         Checkpointer(run_dir, every=checkpoint_every, keep=train.keep_checkpoints),
