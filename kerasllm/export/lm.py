@@ -1,0 +1,258 @@
+"""A language model as a `tf.Module` with text-in/text-out serving signatures."""
+
+import tensorflow as tf
+
+from kerasllm.errors import ConfigError
+from kerasllm.export.graph import (
+    check_ids,
+    encode,
+    model_variables,
+    portable_ops,
+    tokenizer_resources,
+)
+from kerasllm.export.sampling import sample_tokens
+from kerasllm.models import GPT, LSTMLanguageModel
+
+GENERATE_SIGNATURE = [
+    tf.TensorSpec([None], tf.string, name="prompt"),
+    tf.TensorSpec([], tf.int32, name="max_new_tokens"),
+    tf.TensorSpec([], tf.float32, name="temperature"),
+    tf.TensorSpec([], tf.int32, name="top_k"),
+    tf.TensorSpec([], tf.float32, name="top_p"),
+    tf.TensorSpec([], tf.int32, name="seed"),
+]
+SCORE_SIGNATURE = [tf.TensorSpec([None], tf.string, name="text")]
+LOGITS_SIGNATURE = [tf.TensorSpec([None, None], tf.int32, name="token_ids")]
+
+
+class _Untracked:
+    """Holds the Keras objects out of the module's object graph (a tuple or list would be tracked)."""
+
+    def __init__(self, model, tokenizer):
+        self.model = model
+        self.tokenizer = tokenizer
+
+
+class LanguageModelServer(tf.Module):
+    """A `GPT` or `LSTMLanguageModel` plus its tokenizer, ready for `tf.saved_model.save`.
+
+    Everything runs in the graph (tokenization, the KV-cached decoding loop, sampling,
+    detokenization), so the saved model needs only TensorFlow (and tensorflow-text when the
+    tokenizer uses its ops). The module owns the model's weights as `tf.Variable`s and the
+    tokenizer's tables.
+
+    Signatures (`signatures()`; `serving_default` is `generate`):
+
+    * `generate(prompt, max_new_tokens, temperature, top_k, top_p, seed)` ->
+      `text` (string `[batch]`, the continuation only), `token_ids` (int32
+      `[batch, new_tokens]`), `prompt_tokens` (int32 `[batch]`, prompt tokens used).
+      Decoding is exactly the in-Python `Generator.generate` (greedy when temperature is 0).
+      A GPT's prompt and continuation must fit its context: `max_new_tokens` is capped at
+      `min(max_new_tokens cap, block_size - 1)` and prompts keep their last
+      `block_size - max_new_tokens` tokens (`truncate="left"`) or fail (`truncate="error"`).
+      An empty prompt starts from `<eos>` (the document boundary).
+    * `score(text)` -> `log_likelihood` (float32 `[batch]`, natural log), `token_count`
+      (int32 `[batch]`), `perplexity` (float32 `[batch]`). Each text is scored as a document:
+      every token is predicted from the ones before it, starting after an `<eos>`, in windows of
+      `block_size` tokens as in training and validation. An empty text has 0 tokens,
+      log-likelihood 0 and perplexity 1.
+    * `next_token_logits(token_ids)` -> `logits` (float32 `[batch, vocab]`) at the last position.
+
+    Args:
+        model: a built `GPT` or `LSTMLanguageModel`.
+        tokenizer: the run's `kerasllm.tokenizers.Tokenizer`.
+        max_new_tokens: the largest `max_new_tokens` a request gets (larger ones are capped).
+        truncate: "left" drops the oldest prompt tokens that do not fit the context; "error"
+            rejects such requests with an InvalidArgument error.
+
+    Examples:
+
+    >>> import tensorflow as tf
+    >>> from kerasllm.models import GPT
+    >>> from kerasllm.tokenizers import CharTokenizer
+    >>> tokenizer = CharTokenizer.train(["hello world"])
+    >>> model = GPT(vocab_size=tokenizer.vocabulary_size, block_size=16, n_layer=1,
+    ...             n_head=2, n_embd=16)
+    >>> server = LanguageModelServer(model, tokenizer, max_new_tokens=8)
+    >>> out = server.generate(tf.constant(["hel", ""]), 5, 0.0, 0, 1.0, 0)
+    >>> out["token_ids"].shape
+    TensorShape([2, 5])
+    >>> server.score(tf.constant(["hello"]))["token_count"].numpy()
+    array([5], dtype=int32)
+    """
+
+    def __init__(self, model, tokenizer, max_new_tokens=256, truncate="left", name="language_model"):
+        super().__init__(name=name)
+        if not isinstance(model, (GPT, LSTMLanguageModel)):
+            raise ConfigError(f"a language model export needs a GPT or LSTMLanguageModel, got {type(model).__name__}")
+        if truncate not in ("left", "error"):
+            raise ConfigError(f"export.truncate = {truncate!r}: expected 'left' or 'error'")
+        if max_new_tokens < 1:
+            raise ConfigError(f"export.max_new_tokens = {max_new_tokens}: expected a positive integer")
+        if model.vocab_size != tokenizer.vocabulary_size:
+            raise ConfigError(
+                f"the model has {model.vocab_size} token ids but the tokenizer {tokenizer.vocabulary_size}"
+            )
+        if not model.built:
+            model.build((None, None))
+        self.is_gpt = isinstance(model, GPT)
+        self.block_size = int(model.block_size)
+        self.vocab_size = int(model.vocab_size)
+        self.truncate = truncate
+        self.max_new_tokens = min(max_new_tokens, self.block_size - 1) if self.is_gpt else max_new_tokens
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"model.block_size = {self.block_size} leaves no room to generate")
+        self.pad_id, self.eos_id = int(tokenizer.pad_id), int(tokenizer.eos_id)
+        self.tokenizer_kind = tokenizer.kind
+        self.model_class = type(model).__name__
+        # Owned (tracked) state; the Keras model and tokenizer objects themselves are only
+        # referenced by the traced functions, so the SavedModel holds no Keras objects.
+        self.weights = model_variables(model)
+        self.tokenizer_tables = tokenizer_resources(tokenizer)
+        self._keras = _Untracked(model, tokenizer)
+
+        self.generate = tf.function(self._generate, input_signature=GENERATE_SIGNATURE)
+        self.score = tf.function(self._score, input_signature=SCORE_SIGNATURE)
+        self.next_token_logits = tf.function(self._next_token_logits, input_signature=LOGITS_SIGNATURE)
+        with portable_ops():
+            for function in (self.generate, self.score, self.next_token_logits):
+                function.get_concrete_function()
+
+    def signatures(self):
+        """The SavedModel signatures, `serving_default` first."""
+        return {
+            "serving_default": self.generate,
+            "generate": self.generate,
+            "score": self.score,
+            "next_token_logits": self.next_token_logits,
+        }
+
+    def describe(self):
+        """Facts for the export's README."""
+        cap = (
+            f"min({self.max_new_tokens}, block_size - 1)" if self.is_gpt else str(self.max_new_tokens)
+        )
+        prompts = (
+            f"prompts longer than {self.block_size} - max_new_tokens tokens are "
+            + ("left-truncated" if self.truncate == "left" else "rejected (InvalidArgument)")
+            if self.is_gpt
+            else "prompts of any length (the LSTM has no context limit)"
+        )
+        return [
+            f"model: {self.model_class}, {self.vocab_size} token ids, context {self.block_size}",
+            f"tokenizer: {self.tokenizer_kind} (runs in the graph)",
+            f"generate: max_new_tokens is capped at {cap}; {prompts}; text is the continuation only",
+            "score: natural-log likelihood of each text's tokens after an <eos>, in windows of "
+            f"{self.block_size} tokens; perplexity = exp(-log_likelihood / token_count)",
+        ]
+
+    # --- signatures ----------------------------------------------------------------------
+    def _generate(self, prompt, max_new_tokens, temperature, top_k, top_p, seed):
+        model, tokenizer = self._keras.model, self._keras.tokenizer
+        checks = [
+            tf.debugging.assert_non_negative(max_new_tokens, message="generate: max_new_tokens must be >= 0"),
+            tf.debugging.assert_non_negative(temperature, message="generate: temperature must be >= 0"),
+            tf.debugging.assert_non_negative(top_k, message="generate: top_k must be >= 0 (0: off)"),
+            tf.debugging.assert_positive(top_p, message="generate: top_p must be in (0, 1]"),
+            tf.debugging.assert_less_equal(top_p, 1.0, message="generate: top_p must be in (0, 1]"),
+        ]
+        with tf.control_dependencies(checks):
+            new = tf.minimum(max_new_tokens, self.max_new_tokens)
+        ids = encode(tokenizer, prompt)
+        if self.is_gpt:
+            limit = self.block_size - new
+            if self.truncate == "error":
+                longest = tf.cast(tf.reduce_max(ids.row_lengths()), tf.int32)
+                check = tf.debugging.assert_less_equal(
+                    longest, limit,
+                    message=f"generate: prompt too long; prompt tokens + max_new_tokens must be <= "
+                    f"block_size = {self.block_size} (export.truncate = 'error')",
+                )
+                with tf.control_dependencies([check]):
+                    ids = tf.identity(ids)
+            ids = ids[:, -limit:]
+        prompt_tokens = tf.cast(ids.row_lengths(), tf.int32)
+        # Empty prompts start from <eos>, the document boundary, as Generator does.
+        lengths = tf.maximum(prompt_tokens, 1)
+        total = tf.reduce_max(lengths) + new
+        buffer = ids.to_tensor(default_value=self.pad_id)
+        buffer = tf.pad(buffer, [[0, 0], [0, total - tf.shape(buffer)[1]]], constant_values=self.pad_id)
+        positions = tf.range(total)[None, :]
+        buffer = tf.where((prompt_tokens[:, None] == 0) & (positions == 0), self.eos_id, buffer)
+        is_prompt = positions < lengths[:, None]
+        batch = tf.shape(buffer)[0]
+
+        # The decoding loop of keras-hub's samplers (as Generator runs it): step i feeds token
+        # i - 1 and writes token i, keeping prompt tokens where a row's prompt is longer.
+        if self.is_gpt:
+            cache = model.init_cache(batch, total)
+            _, cache = model.call_with_cache(buffer, cache, 0)  # prefill every slot at once
+            start = tf.reduce_min(lengths)
+
+            def step(token, cache, index):
+                logits, cache = model.call_with_cache(token[:, None], cache, index)
+                return logits[:, 0], cache
+        else:
+            cache = model.init_state(batch)
+            start = tf.constant(1)
+
+            def step(token, cache, index):
+                logits, cache = model.call_with_state(token[:, None], cache)
+                return logits[:, 0], cache
+
+        def body(index, buffer, cache):
+            logits, cache = step(buffer[:, index - 1], cache, index - 1)
+            token = sample_tokens(logits, temperature, top_k, top_p, seed, index)
+            token = tf.where(is_prompt[:, index], buffer[:, index], token)
+            buffer = tf.where(positions == index, token[:, None], buffer)
+            return index + 1, buffer, cache
+
+        _, buffer, _ = tf.while_loop(
+            lambda index, buffer, cache: index < total, body, (start, buffer, cache)
+        )
+        new_ids = tf.gather(buffer, lengths[:, None] + tf.range(new)[None, :], batch_dims=1)
+        return {
+            "text": tokenizer.tf_decode(new_ids),
+            "token_ids": new_ids,
+            "prompt_tokens": prompt_tokens,
+        }
+
+    def _score(self, text):
+        model, tokenizer = self._keras.model, self._keras.tokenizer
+        ids = encode(tokenizer, text)
+        counts = tf.cast(ids.row_lengths(), tf.int32)
+        window = self.block_size
+        width = tf.maximum(-(-tf.reduce_max(counts) // window), 1) * window
+        batch = tf.shape(counts)[0]
+        eos = tf.fill([batch, 1], self.eos_id)
+        inputs = tf.concat([eos, ids.to_tensor(self.pad_id, shape=[batch, width])], axis=1)[:, :-1]
+        targets = ids.to_tensor(self.pad_id, shape=[batch, width])
+        logits = model(tf.reshape(inputs, [-1, window]))  # (B * windows, W, V)
+        log_probs = tf.nn.log_softmax(logits, axis=-1)
+        picked = tf.gather(log_probs, tf.reshape(targets, [-1, window]), batch_dims=2)
+        picked = tf.reshape(picked, [batch, width])
+        mask = tf.range(width)[None, :] < counts[:, None]
+        log_likelihood = tf.reduce_sum(tf.where(mask, picked, 0.0), axis=1)
+        perplexity = tf.exp(-log_likelihood / tf.cast(tf.maximum(counts, 1), tf.float32))
+        return {"log_likelihood": log_likelihood, "token_count": counts, "perplexity": perplexity}
+
+    def _next_token_logits(self, token_ids):
+        model = self._keras.model
+        checks = check_ids(token_ids, self.vocab_size, "next_token_logits")
+        checks.append(
+            tf.debugging.assert_positive(
+                tf.shape(token_ids)[1], message="next_token_logits: token_ids needs at least one token"
+            )
+        )
+        if self.is_gpt:
+            if self.truncate == "error":
+                checks.append(
+                    tf.debugging.assert_less_equal(
+                        tf.shape(token_ids)[1], self.block_size,
+                        message=f"next_token_logits: more than block_size = {self.block_size} tokens",
+                    )
+                )
+            token_ids = token_ids[:, -self.block_size:]
+        with tf.control_dependencies(checks):
+            token_ids = tf.identity(token_ids)
+        return {"logits": model(token_ids)[:, -1]}
