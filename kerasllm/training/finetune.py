@@ -236,17 +236,17 @@ def evaluate_classifier(model, tokenizer, texts, labels, max_length, source="dat
     return classification_report(confusion_matrix(y, predicted, len(model.labels)), model.labels)
 
 
-def finetune(config, from_run, data, output_dir, val_data=None, test_data=None, log=print, verbose="auto"):
+def finetune(config, from_run, output_dir, log=print, verbose="auto"):
     """Fine-tunes the run in `from_run` on `data` as `config.finetune.task` says.
 
     Args:
         config: the fine-tuning `Config`; its `[model]` section is replaced by the pretrained
             run's, so only `[train]` and `[finetune]` matter.
+            The training file is `data.dataset` (TSV/CSV/JSONL for `classify`, JSONL for
+            `sft`); `finetune.val_data` (default: `finetune.val_fraction` of the training
+            file) and `finetune.test_data` (optional, scored once at the end) are the others.
         from_run: a pretraining run directory.
-        data: the training file (TSV/CSV/JSONL for `classify`, JSONL for `sft`).
         output_dir: the new run directory.
-        val_data: validation file; default: `finetune.val_fraction` of `data`.
-        test_data: optional file scored once at the end.
 
     Returns:
         `(model, tokenizer, metrics)`.
@@ -255,6 +255,7 @@ def finetune(config, from_run, data, output_dir, val_data=None, test_data=None, 
     pretrained_config, tokenizer, backbone = load_run(from_run)
     config.model = dataclasses.replace(pretrained_config.model, vocab_size=tokenizer.vocabulary_size)
     ft, train = config.finetune, config.train
+    data, val_data, test_data = config.data.dataset, ft.val_data or None, ft.test_data or None
     max_length = ft.max_length or config.model.block_size
     if config.model.arch == "gpt" and max_length > config.model.block_size:
         raise ConfigError(
