@@ -104,6 +104,31 @@ class TrainConfig:
     jit_compile: bool = _opt(True, "XLA-compile the train step")
     steps_per_execution: int = _opt(1, "train steps per compiled call")
     log_every: int = _opt(0, "TensorBoard scalar interval in steps; 0: once per eval")
+    optimizer: str = _choice("adamw", ["adamw", "adam", "sgd"], "optimizer (AdamW decays >=2-D kernels only)")
+    momentum: float = _opt(0.9, "SGD momentum; 0: plain SGD")
+    nesterov: bool = _opt(False, "SGD with Nesterov momentum")
+    schedule: str = _choice(
+        "cosine", ["cosine", "linear", "exponential", "constant", "plateau"],
+        "learning-rate schedule after warmup; plateau: constant, cut by plateau_factor when val loss stalls",
+    )
+    decay_rate: float = _opt(0.5, "exponential schedule: the rate is multiplied by this every lr_decay_steps")
+    plateau_factor: float = _opt(0.5, "plateau schedule: factor applied to the rate when val loss stalls")
+    plateau_patience: int = _opt(2, "plateau schedule: evaluations without improvement before a cut")
+    early_stop_patience: int = _opt(0, "stop after this many evaluations without val loss improvement; 0: off")
+    l1: float = _opt(0.0, "L1 penalty on >=2-D kernels (added to the loss)")
+    l2: float = _opt(0.0, "L2 penalty on >=2-D kernels (added to the loss)")
+    grad_accum_steps: int = _opt(1, "micro-batches per optimizer step; batch_size is split across them")
+    precision: str = _choice(
+        "auto", ["auto", "float32", "mixed_float16", "mixed_bfloat16"],
+        "auto: mixed_float16 on GPU, mixed_bfloat16 on TPU, float32 on CPU",
+    )
+    strategy: str = _choice(
+        "auto", ["auto", "default", "one_device", "mirrored", "multi_worker", "tpu"],
+        "tf.distribute strategy (JAX: keras.distribution); auto: tpu > multi_worker (TF_CONFIG) > mirrored (>1 GPU) > default",
+    )
+    model_parallel: int = _opt(1, "JAX backend: devices on the 'model' mesh axis (ModelParallel); 1: DataParallel")
+    keep_best: bool = _opt(True, "also keep checkpoints/best.keras, the checkpoint with the lowest val loss")
+    peak_flops: float = _opt(0.0, "peak FLOP/s of the whole accelerator set for MFU; 0: measured once on CPU, else off")
 
 
 @dataclass
@@ -136,6 +161,8 @@ class FinetuneConfig:
     lora_alpha: float = _opt(0.0, "LoRA scale numerator: updates are scaled by alpha/rank; 0: alpha = rank")
     lora_targets: str = _opt("*/attn/qkv,*/attn/proj", "comma-separated glob patterns of Dense layer paths for LoRA")
     class_weights: str = _opt("", "'balanced', or comma-separated label:weight pairs; '': none")
+    val_data: str = _opt("", "validation file (--val); '': hold out finetune.val_fraction of the training file")
+    test_data: str = _opt("", "test file scored once at the end (--test); '': none")
     val_fraction: float = _opt(0.1, "share of the training file held out when no --val file is given")
     epochs: int = _opt(3, "passes over the training examples (classify); train.max_steps caps the steps")
     from_scratch: bool = _opt(False, "re-initialize the pretrained weights (baseline with the same architecture)")
@@ -157,6 +184,16 @@ class PlanConfig:
     flash_attention: str = _choice("auto", ["auto", "on", "off"], "fused attention (no T x T scores); auto: off on CPU")
 
 
+@dataclass
+class ExportConfig:
+    """The serving SavedModel written by `python -m kerasllm.recipes.export`."""
+
+    max_new_tokens: int = _opt(256, "cap on generate's max_new_tokens (a GPT's is also block_size - 1)")
+    truncate: str = _choice(
+        "left", ["left", "error"], "GPT prompts that do not fit the context: drop the oldest tokens, or reject"
+    )
+
+
 SECTIONS = {
     "model": ModelConfig,
     "data": DataConfig,
@@ -164,6 +201,7 @@ SECTIONS = {
     "sample": SampleConfig,
     "finetune": FinetuneConfig,
     "plan": PlanConfig,
+    "export": ExportConfig,
 }
 
 
@@ -178,6 +216,7 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     @classmethod
     def from_dict(cls, values, source="config"):
