@@ -1,14 +1,30 @@
-"""Training callbacks: atomic checkpoints, throughput and the step limit."""
+"""Training callbacks: checkpoints that survive crashes, logs, throughput/MFU, NaN and Ctrl-C
+guards, plateau and early stopping.
 
+All step counting goes through `RunState`: `batches` is the number of (micro-)batches the model
+has consumed, i.e. the data-iterator position, and `step = batches // grad_accum_steps` is the
+optimizer step. A checkpoint stores both, so a resumed run continues with the exact batch the
+interrupted one would have seen next.
+"""
+
+import csv
 import json
+import math
 import os
 import time
 from pathlib import Path
 
 import keras
+import numpy as np
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST_FILE = "latest.json"
+BEST_FILE = "best.keras"
+PROGRESS_ONLY_KEYS = ("tokens/s", "last_val_loss")
+LOG_COLUMNS = (
+    "step", "loss", "val_loss", "perplexity", "val_perplexity", "learning_rate", "grad_norm",
+    "tokens_per_second", "model_flops_per_second", "mfu", "time",
+)
 
 
 def write_json_atomic(path, payload):
@@ -27,11 +43,16 @@ def save_model_atomic(model, path):
     path = Path(path)
     tmp = path.with_name(path.stem + ".partial.keras")
     model.save(tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
 def latest_checkpoint(run_dir):
-    """`(path, info)` of the newest complete checkpoint in `run_dir`, or `(None, None)`."""
+    """`(path, info)` of the newest complete checkpoint in `run_dir`, or `(None, None)`.
+
+    `info` is the checkpoint's state: step, data position, RNG and callback states.
+    """
     latest = Path(run_dir) / CHECKPOINT_DIR / LATEST_FILE
     if not latest.is_file():
         return None, None
@@ -40,82 +61,333 @@ def latest_checkpoint(run_dir):
     return (path, info) if path.is_file() else (None, None)
 
 
-class Checkpointer(keras.callbacks.Callback):
-    """Saves the whole model (weights + optimizer state) every `every` steps and at the end.
+def rng_state(model):
+    """The states of the model's seed generators (dropout), by variable path."""
+    return {v.path: np.asarray(v.numpy()).tolist() for v in model.variables if "seed_generator_state" in v.path}
 
-    Each checkpoint is written to a temporary file and renamed into place, then
-    `checkpoints/latest.json` is replaced atomically, so a crash at any moment leaves the
-    previous checkpoint usable. Only the `keep` newest checkpoints are kept.
+
+def set_rng_state(model, state):
+    for v in model.variables:
+        if v.path in state:
+            v.assign(np.asarray(state[v.path], dtype=v.dtype))
+
+
+class RunState(keras.callbacks.Callback):
+    """Counts consumed batches; the single source of `step` and the data position.
+
+    Put it first in the callback list so the others see the updated count.
     """
 
-    def __init__(self, run_dir, every, keep=2):
+    def __init__(self, batches=0, accum=1, tokens_per_batch=0, max_steps=None):
         super().__init__()
-        self.folder = Path(run_dir) / CHECKPOINT_DIR
-        self.every = every
-        self.keep = max(1, keep)
-
-    def step(self):
-        return int(self.model.optimizer.iterations.numpy())
-
-    def save(self, logs=None):
-        self.folder.mkdir(parents=True, exist_ok=True)
-        step = self.step()
-        name = f"ckpt-{step:07d}.keras"
-        save_model_atomic(self.model, self.folder / name)
-        info = {"file": name, "step": step, "time": time.time()}
-        info.update({k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))})
-        write_json_atomic(self.folder / LATEST_FILE, info)
-        for old in sorted(self.folder.glob("ckpt-*.keras"))[: -self.keep]:
-            old.unlink()
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.step() % self.every == 0 or self.model.stop_training:
-            self.save(logs)
-
-
-class StopAtStep(keras.callbacks.Callback):
-    """Stops training once the optimizer has taken `max_steps` steps."""
-
-    def __init__(self, max_steps):
-        super().__init__()
+        self.batches = batches
+        self.accum = accum
+        self.tokens_per_batch = tokens_per_batch
         self.max_steps = max_steps
 
+    @property
+    def step(self):
+        return self.batches // self.accum
+
     def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) >= self.max_steps:
+        self.batches += 1
+        if self.max_steps is not None and self.batches >= self.max_steps * self.accum:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        # Keras builds epoch logs from the last batch's: drop the progress-bar-only keys.
+        for key in PROGRESS_ONLY_KEYS:
+            (logs or {}).pop(key, None)
+
+
+class NaNGuard(keras.callbacks.Callback):
+    """Stops at the first non-finite training loss and remembers the step (`bad_step`)."""
+
+    def __init__(self, state):
+        super().__init__()
+        self.state = state
+        self.bad_step = None
+        self.bad_value = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)) and self.bad_step is None:
+            self.bad_step, self.bad_value = self.state.step, float(loss)
             self.model.stop_training = True
 
 
-class Throughput(keras.callbacks.Callback):
-    """Measures training tokens per second, excluding validation and the first (compiling) epoch.
+class Interrupt(keras.callbacks.Callback):
+    """Stops after the current batch once `requested` is set (by a SIGINT handler)."""
 
-    Adds `tokens_per_second` to the epoch logs (so it reaches History, the CSV log and
-    TensorBoard) and keeps totals for `metrics.json`.
+    def __init__(self):
+        super().__init__()
+        self.requested = False
+
+    def request(self, *_):
+        self.requested = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.requested:
+            self.model.stop_training = True
+
+
+class _ValLossWatcher(keras.callbacks.Callback):
+    """Base of callbacks acting on evaluations without improvement; state survives resume."""
+
+    def __init__(self, patience, min_delta=0.0):
+        super().__init__()
+        self.patience = patience
+        self.min_delta = min_delta
+        self.best = math.inf
+        self.wait = 0
+
+    def get_state(self):
+        return {"best": self.best, "wait": self.wait}
+
+    def set_state(self, state):
+        self.best, self.wait = float(state["best"]), int(state["wait"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        val_loss = (logs or {}).get("val_loss")
+        if val_loss is None or self.patience <= 0:
+            return
+        if val_loss < self.best - self.min_delta:
+            self.best, self.wait = float(val_loss), 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.wait = 0
+            self.stalled(float(val_loss))
+
+
+class ReduceOnPlateau(_ValLossWatcher):
+    """Multiplies the optimizer's learning rate by `factor` after `patience` evaluations
+    without a lower val loss (Keras' `ReduceLROnPlateau` acts per epoch, which here is not
+    always an evaluation)."""
+
+    def __init__(self, optimizer, factor=0.5, patience=2, min_lr=0.0, log=print):
+        super().__init__(patience)
+        self.optimizer, self.factor, self.min_lr, self.log = optimizer, factor, min_lr, log
+
+    def stalled(self, val_loss):
+        old = float(np.asarray(self.optimizer.learning_rate))
+        new = max(old * self.factor, self.min_lr)
+        self.optimizer.learning_rate.assign(new)
+        self.log(f"\nplateau: val loss {val_loss:.4f} not below {self.best:.4f} for "
+                 f"{self.patience} evaluations; learning rate {old:.3g} -> {new:.3g}")
+
+
+class EarlyStop(_ValLossWatcher):
+    """Stops training after `patience` evaluations without a lower val loss."""
+
+    def __init__(self, state, patience, log=print):
+        super().__init__(patience)
+        self.state, self.log = state, log
+        self.stopped_at = None
+
+    def stalled(self, val_loss):
+        self.stopped_at = self.state.step
+        self.model.stop_training = True
+        self.log(f"\nearly stopping at step {self.state.step}: val loss {val_loss:.4f} not below "
+                 f"{self.best:.4f} for {self.patience} evaluations")
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """Saves model + optimizer every `every` optimizer steps, keeps the `keep` newest and the
+    best by val loss.
+
+    A checkpoint is `ckpt-<step>.keras` (weights and optimizer state, including the step
+    counter the schedule reads) plus `ckpt-<step>.json` (step, data position, RNG state of the
+    dropout seed generators, plateau/early-stopping state, losses). Each file is written to a
+    temporary name and renamed; `latest.json` (a copy of the newest `.json`) is replaced last,
+    so a crash at any moment leaves the previous checkpoint complete. A non-finite loss is
+    never checkpointed.
     """
 
-    def __init__(self, tokens_per_step):
+    def __init__(self, run_dir, state, every, keep=2, keep_best=True, stateful=(), guard=None, enabled=True):
         super().__init__()
-        self.tokens_per_step = tokens_per_step
-        self.epochs = []  # (steps, seconds) per epoch
-        self._start = self._start_step = None
+        self.folder = Path(run_dir) / CHECKPOINT_DIR
+        self.state = state
+        self.every = every
+        self.keep = max(1, keep)
+        self.keep_best = keep_best
+        self.stateful = dict(stateful)  # name -> callback with get_state/set_state
+        self.guard = guard
+        self.enabled = enabled
+        self.best_val_loss = math.inf
+        self.last_saved = None
+        self.last_loss = None
+        self.last_val_loss = None
+
+    def info(self, file):
+        info = {
+            "file": file, "step": self.state.step, "batches": self.state.batches,
+            "time": time.time(), "loss": self.last_loss, "val_loss": self.last_val_loss,
+            "best_val_loss": None if math.isinf(self.best_val_loss) else self.best_val_loss,
+            "rng": rng_state(self.model),
+            "callbacks": {name: cb.get_state() for name, cb in self.stateful.items()},
+        }
+        return info
+
+    def restore(self, info):
+        """Restores RNG and callback state from a checkpoint's `info`."""
+        set_rng_state(self.model, info.get("rng", {}))
+        for name, cb_state in info.get("callbacks", {}).items():
+            if name in self.stateful:
+                self.stateful[name].set_state(cb_state)
+        best = info.get("best_val_loss")
+        self.best_val_loss = math.inf if best is None else best
+        self.last_saved = info["batches"]
+
+    def save(self):
+        if not self.enabled or self.last_saved == self.state.batches:
+            return None
+        if self.guard is not None and self.guard.bad_step is not None:
+            return None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"ckpt-{self.state.step:07d}"
+        if self.state.batches % self.state.accum:  # interrupted mid-accumulation
+            name += f"-{self.state.batches % self.state.accum}"
+        save_model_atomic(self.model, self.folder / f"{name}.keras")
+        info = self.info(f"{name}.keras")
+        write_json_atomic(self.folder / f"{name}.json", info)
+        write_json_atomic(self.folder / LATEST_FILE, info)
+        self.last_saved = self.state.batches
+        for old in sorted(self.folder.glob("ckpt-*.keras"))[: -self.keep]:
+            old.unlink()
+            old.with_suffix(".json").unlink(missing_ok=True)
+        return self.folder / f"{name}.keras"
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.last_loss = float((logs or {}).get("loss", math.nan))
+        if self.state.batches % (self.every * self.state.accum) == 0:
+            self.save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        val_loss = (logs or {}).get("val_loss")
+        if val_loss is None:
+            return
+        self.last_val_loss = float(val_loss)
+        if self.enabled and self.keep_best and math.isfinite(val_loss) and val_loss < self.best_val_loss:
+            self.best_val_loss = float(val_loss)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            save_model_atomic(self.model, self.folder / BEST_FILE)
+            write_json_atomic(self.folder / "best.json", self.info(BEST_FILE))
+
+
+class Throughput(keras.callbacks.Callback):
+    """Tokens per second of training, model FLOP/s and MFU.
+
+    Epoch rates exclude validation and the first (compiling) epoch; the progress bar gets a
+    running rate. `flops_per_token` (from `kerasllm.plan.flops_per_token`) and `peak_flops`
+    turn tokens/s into model FLOP/s and MFU.
+    """
+
+    def __init__(self, state, flops_per_token=None, peak_flops=None):
+        super().__init__()
+        self.state = state
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops
+        self.epochs = []  # (batches, seconds) per epoch
+        self._start = self._start_batches = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
-        self._start_step = int(self.model.optimizer.iterations.numpy())
+        self._start_batches = self.state.batches
+
+    def on_train_batch_end(self, batch, logs=None):
+        if logs is not None and self._start is not None:
+            seconds = time.perf_counter() - self._start
+            if seconds > 0:
+                logs["tokens/s"] = (self.state.batches - self._start_batches) * self.state.tokens_per_batch / seconds
 
     def on_test_begin(self, logs=None):
         if self._start is not None:
-            steps = int(self.model.optimizer.iterations.numpy()) - self._start_step
-            self.epochs.append((steps, time.perf_counter() - self._start))
+            self.epochs.append((self.state.batches - self._start_batches, time.perf_counter() - self._start))
             self._start = None
 
     def on_epoch_end(self, epoch, logs=None):
         if self._start is not None:  # no validation this epoch
             self.on_test_begin()
         if logs is not None and self.epochs:
-            logs["tokens_per_second"] = self.tokens_per_second()
+            logs.update(self.rates())
 
     def tokens_per_second(self):
         measured = self.epochs[1:] or self.epochs  # epoch 0 includes tracing and compilation
-        steps = sum(s for s, _ in measured)
+        batches = sum(b for b, _ in measured)
         seconds = sum(t for _, t in measured)
-        return steps * self.tokens_per_step / seconds if seconds > 0 else 0.0
+        return batches * self.state.tokens_per_batch / seconds if seconds > 0 else 0.0
+
+    def rates(self):
+        rates = {"tokens_per_second": self.tokens_per_second()}
+        if self.flops_per_token:
+            rates["model_flops_per_second"] = rates["tokens_per_second"] * self.flops_per_token
+            if self.peak_flops:
+                rates["mfu"] = rates["model_flops_per_second"] / self.peak_flops
+        return rates
+
+
+class RunLog(keras.callbacks.Callback):
+    """Completes each epoch's logs (lr, grad norm, perplexities) for TensorBoard, and writes
+    `log.csv` with fixed columns (`LOG_COLUMNS`); also shows the last val loss in the
+    progress bar.
+
+    On resume, rows past the resumed step (logged by a run that crashed before its next
+    checkpoint) are dropped, so the CSV has one row per step boundary.
+    """
+
+    def __init__(self, path, state, optimizer, resume_step=0):
+        super().__init__()
+        self.path = Path(path)
+        self.state = state
+        self.optimizer = optimizer
+        self.val_loss = None
+        self.started = time.time()
+        rows = read_log(self.path) if resume_step else []
+        self._write_rows([r for r in rows if int(float(r["step"])) <= resume_step], mode="w")
+
+    def _write_rows(self, rows, mode="a"):
+        with open(self.path, mode, newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS, restval="")
+            if mode == "w":
+                writer.writeheader()
+            writer.writerows(rows)
+
+    def learning_rate(self):
+        from kerasllm.training.optimizers import inner_optimizer
+
+        return float(np.asarray(inner_optimizer(self.optimizer).learning_rate))
+
+    def grad_norm(self):
+        from kerasllm.training.optimizers import inner_optimizer
+
+        variable = getattr(inner_optimizer(self.optimizer), "grad_norm", None)
+        return None if variable is None else float(np.asarray(variable))
+
+    def on_train_batch_end(self, batch, logs=None):
+        if logs is not None and self.val_loss is not None:
+            logs["last_val_loss"] = self.val_loss
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        if "val_loss" in logs:
+            self.val_loss = float(logs["val_loss"])
+            logs["val_perplexity"] = math.exp(min(self.val_loss, 700))
+        if "loss" in logs:
+            logs["perplexity"] = math.exp(min(float(logs["loss"]), 700))
+        logs["learning_rate"] = self.learning_rate()
+        norm = self.grad_norm()
+        if norm is not None:
+            logs["grad_norm"] = norm
+        row = {k: logs[k] for k in LOG_COLUMNS if k in logs}
+        row.update(step=self.state.step, time=round(time.time() - self.started, 3))
+        self._write_rows([row])
+
+
+def read_log(path):
+    """Rows of a `log.csv` as dicts of strings ([] if there is none)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
