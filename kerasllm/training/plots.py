@@ -29,15 +29,15 @@ def plot_run(log_csv, png_path, title=None):
     >>> plot_run(folder / "log.csv", folder / "curves.png").stat().st_size > 1000
     True
     """
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display needed
-    import matplotlib.pyplot as plt
+    # A bare Figure, not pyplot: no backend switch (matplotlib.use("Agg") would break a
+    # notebook's inline plots) and nothing left open.
+    from matplotlib.figure import Figure
 
     rows = read_log(log_csv)
     if not rows:
         return None
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    figure = Figure(figsize=(10, 3.6), layout="constrained")
+    left, right = figure.subplots(1, 2)
     for key, label in (("loss", "train loss"), ("val_loss", "val loss")):
         steps, values = _column(rows, key)
         if steps:
@@ -54,6 +54,5 @@ def plot_run(log_csv, png_path, title=None):
     png_path = Path(png_path)
     tmp = png_path.with_name(png_path.stem + ".partial.png")
     figure.savefig(tmp, dpi=100)
-    plt.close(figure)
     tmp.replace(png_path)
     return png_path

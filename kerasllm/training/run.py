@@ -166,7 +166,7 @@ class _SigintHandler:
             signal.signal(signal.SIGINT, self.previous)
 
 
-def pretrain(config, output_dir, restart=False, log=print, verbose="auto"):
+def pretrain(config, output_dir, restart=False, log=print, verbose="auto", callbacks=()):
     """Trains a language model as `config` says and writes a run directory.
 
     Args:
@@ -177,6 +177,7 @@ def pretrain(config, output_dir, restart=False, log=print, verbose="auto"):
         restart: ignore existing checkpoints and start over.
         log: function printing progress lines.
         verbose: Keras `fit` verbosity.
+        callbacks: extra Keras callbacks for `fit` (e.g. `kerasllm.notebook.LiveLossPlot`).
 
     Returns:
         `(model, tokenizer, metrics)`.
@@ -265,8 +266,9 @@ def pretrain(config, output_dir, restart=False, log=print, verbose="auto"):
     if info:
         checkpointer.restore(info)
     throughput = Throughput(state, *_flops(config, train, placement, log))
+    extra_callbacks = list(callbacks)
     callbacks = [
-        state, guard, interrupt, throughput, checkpointer, *stateful.values(),
+        state, guard, interrupt, throughput, checkpointer, *stateful.values(), *extra_callbacks,
         RunLog(run_dir / LOG_FILE, state, model.optimizer, resume_step=step),
         keras.callbacks.TensorBoard(
             log_dir=str(run_dir / "logs"), update_freq=train.log_every or "epoch", write_graph=False
