@@ -192,6 +192,7 @@ class ExportConfig:
     truncate: str = _choice(
         "left", ["left", "error"], "GPT prompts that do not fit the context: drop the oldest tokens, or reject"
     )
+    score_stride: int = _opt(0, "step of score's sliding window (as the evaluate recipe); 0: block_size // 2")
 
 
 SECTIONS = {

@@ -53,9 +53,9 @@ class LanguageModelServer(tf.Module):
       An empty prompt starts from `<eos>` (the document boundary).
     * `score(text)` -> `log_likelihood` (float32 `[batch]`, natural log), `token_count`
       (int32 `[batch]`), `perplexity` (float32 `[batch]`). Each text is scored as a document:
-      every token is predicted from the ones before it, starting after an `<eos>`, in windows of
-      `block_size` tokens as in training and validation. An empty text has 0 tokens,
-      log-likelihood 0 and perplexity 1.
+      every token is predicted from the ones before it, starting after an `<eos>`, with the
+      evaluate recipe's sliding window (`block_size` tokens, step `score_stride`). An empty
+      text has 0 tokens, log-likelihood 0 and perplexity 1.
     * `next_token_logits(token_ids)` -> `logits` (float32 `[batch, vocab]`) at the last position.
 
     Args:
@@ -64,6 +64,7 @@ class LanguageModelServer(tf.Module):
         max_new_tokens: the largest `max_new_tokens` a request gets (larger ones are capped).
         truncate: "left" drops the oldest prompt tokens that do not fit the context; "error"
             rejects such requests with an InvalidArgument error.
+        score_stride: step of `score`'s sliding window; 0 means `block_size // 2`.
 
     Examples:
 
@@ -81,7 +82,7 @@ class LanguageModelServer(tf.Module):
     array([5], dtype=int32)
     """
 
-    def __init__(self, model, tokenizer, max_new_tokens=256, truncate="left", name="language_model"):
+    def __init__(self, model, tokenizer, max_new_tokens=256, truncate="left", score_stride=0, name="language_model"):
         super().__init__(name=name)
         if not isinstance(model, (GPT, LSTMLanguageModel)):
             raise ConfigError(f"a language model export needs a GPT or LSTMLanguageModel, got {type(model).__name__}")
@@ -102,6 +103,9 @@ class LanguageModelServer(tf.Module):
         self.max_new_tokens = min(max_new_tokens, self.block_size - 1) if self.is_gpt else max_new_tokens
         if self.max_new_tokens < 1:
             raise ConfigError(f"model.block_size = {self.block_size} leaves no room to generate")
+        self.score_stride = min(score_stride or max(self.block_size // 2, 1), self.block_size)
+        if score_stride < 0:
+            raise ConfigError(f"export.score_stride = {score_stride}: expected 0 (block_size // 2) or more")
         self.pad_id, self.eos_id = int(tokenizer.pad_id), int(tokenizer.eos_id)
         self.tokenizer_kind = tokenizer.kind
         self.model_class = type(model).__name__
@@ -142,8 +146,9 @@ class LanguageModelServer(tf.Module):
             f"model: {self.model_class}, {self.vocab_size} token ids, context {self.block_size}",
             f"tokenizer: {self.tokenizer_kind} (runs in the graph)",
             f"generate: max_new_tokens is capped at {cap}; {prompts}; text is the continuation only",
-            "score: natural-log likelihood of each text's tokens after an <eos>, in windows of "
-            f"{self.block_size} tokens; perplexity = exp(-log_likelihood / token_count)",
+            "score: natural-log likelihood of each text's tokens after an <eos>, sliding window of "
+            f"{self.block_size} tokens with step {self.score_stride}; "
+            "perplexity = exp(-log_likelihood / token_count)",
         ]
 
     # --- signatures ----------------------------------------------------------------------
@@ -218,21 +223,32 @@ class LanguageModelServer(tf.Module):
         }
 
     def _score(self, text):
+        # The evaluate recipe's sliding window (kerasllm.training.metrics.language_model_loss)
+        # over <eos> + text, batched: window j of a row starts at min(j * stride, n - block)
+        # and scores the targets after the previous window's last one, so each token is scored
+        # once with at least block - stride tokens of context.
         model, tokenizer = self._keras.model, self._keras.tokenizer
         ids = encode(tokenizer, text)
-        counts = tf.cast(ids.row_lengths(), tf.int32)
-        window = self.block_size
-        width = tf.maximum(-(-tf.reduce_max(counts) // window), 1) * window
-        batch = tf.shape(counts)[0]
-        eos = tf.fill([batch, 1], self.eos_id)
-        inputs = tf.concat([eos, ids.to_tensor(self.pad_id, shape=[batch, width])], axis=1)[:, :-1]
-        targets = ids.to_tensor(self.pad_id, shape=[batch, width])
-        logits = model(tf.reshape(inputs, [-1, window]))  # (B * windows, W, V)
+        counts = tf.cast(ids.row_lengths(), tf.int32)  # targets per row: every text token
+        block, stride = self.block_size, self.score_stride
+        batch, longest = tf.shape(counts)[0], tf.reduce_max(tf.concat([counts, [0]], 0))
+        windows = tf.where(counts <= block, 1, 1 + (counts - block + stride - 1) // stride)
+        sequence = tf.concat(
+            [tf.fill([batch, 1], self.eos_id), ids.to_tensor(self.pad_id, shape=[batch, longest])], axis=1
+        )
+        sequence = tf.pad(sequence, [[0, 0], [0, block]], constant_values=self.pad_id)
+        j = tf.range(tf.reduce_max(tf.concat([windows, [1]], 0)))[None, :]  # (1, J)
+        starts = tf.minimum(j * stride, tf.maximum(counts - block, 0)[:, None])  # (B, J)
+        last = tf.minimum(starts + block, counts[:, None])  # last target each window scores
+        first = tf.concat([tf.zeros_like(last[:, :1]), last[:, :-1]], axis=1)  # exclusive
+        index = starts[:, :, None] + tf.range(block)[None, None, :]  # (B, J, W) input positions
+        target = index + 1
+        scored = (target > first[:, :, None]) & (target <= last[:, :, None]) & (j < windows[:, None])[:, :, None]
+        logits = model(tf.reshape(tf.gather(sequence, index, batch_dims=1), [-1, block]))
         log_probs = tf.nn.log_softmax(logits, axis=-1)
-        picked = tf.gather(log_probs, tf.reshape(targets, [-1, window]), batch_dims=2)
-        picked = tf.reshape(picked, [batch, width])
-        mask = tf.range(width)[None, :] < counts[:, None]
-        log_likelihood = tf.reduce_sum(tf.where(mask, picked, 0.0), axis=1)
+        targets = tf.reshape(tf.gather(sequence, target, batch_dims=1), [-1, block])
+        picked = tf.reshape(tf.gather(log_probs, targets, batch_dims=2), tf.shape(index))
+        log_likelihood = tf.reduce_sum(tf.where(scored, picked, 0.0), axis=[1, 2])
         perplexity = tf.exp(-log_likelihood / tf.cast(tf.maximum(counts, 1), tf.float32))
         return {"log_likelihood": log_likelihood, "token_count": counts, "perplexity": perplexity}
 
