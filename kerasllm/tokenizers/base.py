@@ -6,7 +6,9 @@ object feeds `tf.data` pipelines and exported SavedModels. It is trained from te
 `Tokenizer.train`, saved into a folder with `save` and restored with `load_tokenizer`.
 """
 
+import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -110,22 +112,126 @@ class Tokenizer:
         tmp.replace(directory / TOKENIZER_FILE)
 
     # --- Python-side encoding ------------------------------------------------------------
+    # Special tokens are never split: `encode` cuts the text at every special token string
+    # (longest first), maps those to their ids and encodes the text between with
+    # `_encode_text`; `tf_encode` does the same with tensorflow-text's `regex_split`.
+    def _special_regex(self):
+        names = sorted(self.special_tokens, key=len, reverse=True)
+        return "|".join(re.escape(name) for name in names)
+
     def encode(self, text):
         """Encodes one string to a 1-D int32 numpy array of ids."""
+        if not any(name in text for name in self.special_tokens):
+            return np.asarray(self._encode_text(text), dtype=np.int32)
+        parts, position = [], 0
+        for match in re.finditer(self._special_regex(), text):
+            if match.start() > position:
+                parts.append(np.asarray(self._encode_text(text[position : match.start()]), np.int32))
+            parts.append(np.array([self.token_to_id(match.group())], np.int32))
+            position = match.end()
+        if position < len(text):
+            parts.append(np.asarray(self._encode_text(text[position:]), np.int32))
+        return np.concatenate(parts)
+
+    def encode_batch(self, texts):
+        """Encodes a list of strings to a list of int32 arrays."""
+        return [self.encode(text) for text in texts]
+
+    def _encode_text(self, text):
+        """Encodes text that holds no special token (subclasses)."""
         raise NotImplementedError
 
     def decode(self, ids, skip_special_tokens=True):
-        """Decodes a sequence of ids to a string."""
+        """Decodes a sequence of ids to a string; special tokens are dropped or spelled out."""
+        ids = as_id_array(ids)
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.vocabulary_size):
+            raise ValueError(f"token id out of range [0, {self.vocabulary_size}): {ids.min()}..{ids.max()}")
+        special = np.isin(ids, self._dropped_ids())
+        if skip_special_tokens:
+            return self._decode_ids(ids[~special])
+        names = {self.token_to_id(t): t for t in self.special_tokens}
+        out, start = [], 0
+        for index in np.flatnonzero(special):
+            out.append(self._decode_ids(ids[start:index]))
+            out.append(names[int(ids[index])])
+            start = index + 1
+        out.append(self._decode_ids(ids[start:]))
+        return "".join(out)
+
+    def _dropped_ids(self):
+        return [i for i in self.special_ids if i != self.unk_id]
+
+    def _decode_ids(self, ids):
+        """Decodes ids free of special tokens except `<unk>`, which decodes to U+FFFD (subclasses)."""
         raise NotImplementedError
 
     # --- graph-side encoding -------------------------------------------------------------
     def tf_encode(self, texts):
-        """Encodes a string tensor: scalar -> 1-D int32 ids, [batch] -> ragged [batch, None]."""
+        """Encodes a string tensor: scalar -> 1-D int32 ids, [batch] -> ragged [batch, None].
+
+        Pure TensorFlow / tensorflow-text ops: it runs in `tf.data` and in exported SavedModels.
+        """
+        import tensorflow as tf
+        import tensorflow_text as tf_text
+
+        texts = tf.convert_to_tensor(texts, tf.string)
+        scalar = texts.shape.rank == 0
+        batch = tf.reshape(texts, [-1])
+        pattern = self._special_regex()
+        pieces = tf_text.regex_split(batch, pattern, keep_delim_regex_pattern=pattern)
+        flat = pieces.flat_values
+        special_table = self._special_table()
+        special = special_table.lookup(flat)
+        is_special = special >= 0
+        plain = tf.cast(self._tf_encode_text(flat), tf.int32)
+        plain = tf.ragged.boolean_mask(plain, plain.with_flat_values(tf.gather(~is_special, plain.value_rowids())))
+        specials = tf.ragged.boolean_mask(special[:, None], is_special[:, None])
+        per_piece = tf.concat([plain, specials], axis=1)
+        ids = pieces.with_flat_values(per_piece).merge_dims(1, 2)
+        return ids[0] if scalar else ids
+
+    def _special_table(self):
+        import tensorflow as tf
+
+        if getattr(self, "_tf_special_table", None) is None:
+            self._tf_special_table = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(
+                    tf.constant(self.special_tokens), tf.constant(self.special_ids, tf.int32)
+                ),
+                default_value=-1,
+            )
+        return self._tf_special_table
+
+    def _tf_encode_text(self, texts):
+        """Encodes a 1-D string tensor free of special tokens to ragged [n, None] ids."""
         raise NotImplementedError
 
     def tf_decode(self, ids):
-        """Decodes int ids ([time] or [batch, time], dense or ragged) to a string tensor."""
+        """Decodes int ids ([time] or [batch, time], dense or ragged) to a string tensor.
+
+        Special tokens are dropped, `<unk>` decodes to U+FFFD. Pure TensorFlow ops.
+        """
+        import tensorflow as tf
+
+        if not isinstance(ids, tf.RaggedTensor):
+            ids = tf.convert_to_tensor(ids)
+            if ids.shape.rank == 1:
+                return self.tf_decode(tf.RaggedTensor.from_tensor(ids[None]))[0]
+            ids = tf.RaggedTensor.from_tensor(ids)
+        ids = tf.cast(ids, tf.int32)
+        dropped = tf.constant(self._dropped_ids(), tf.int32)
+        keep = tf.reduce_all(ids.flat_values[:, None] != dropped[None], axis=1)
+        ids = tf.ragged.boolean_mask(ids, ids.with_flat_values(keep))
+        return self._tf_decode_ids(ids)
+
+    def _tf_decode_ids(self, ids):
+        """Decodes ragged [batch, None] int32 ids (no specials but `<unk>`) to [batch] strings."""
         raise NotImplementedError
+
+    def fingerprint(self):
+        """A hash of the tokenizer's full state: equal fingerprints encode text identically."""
+        payload = json.dumps({"kind": self.kind, "config": self.get_config()}, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
     def __repr__(self):
         return f"{type(self).__name__}(vocabulary_size={self.vocabulary_size})"
@@ -154,3 +260,26 @@ def load_tokenizer(directory):
 def as_id_array(ids):
     """Accepts a list, numpy array or tensor of ids and returns a 1-D int64 numpy array."""
     return np.asarray(ids, dtype=np.int64).reshape(-1)
+
+
+def graph_call(layer, method, inputs):
+    """Calls a keras-hub tokenizer method so that it returns tensors, also in eager mode.
+
+    In eager mode keras-hub converts outputs to numpy / lists; inside a graph (tf.data, a
+    tf.function, a SavedModel) it returns tensors, so eager calls go through a tf.function.
+    """
+    import tensorflow as tf
+
+    if not tf.executing_eagerly():
+        return getattr(layer, method)(inputs)
+    functions = layer.__dict__.setdefault("_kerasllm_graph_fns", {})
+    if method not in functions:
+        functions[method] = tf.function(getattr(layer, method), reduce_retracing=True)
+    return functions[method](inputs)
+
+
+def as_ragged(ids):
+    import tensorflow as tf
+
+    # keras-hub returns a dense tensor when every row has the same length.
+    return ids if isinstance(ids, tf.RaggedTensor) else tf.RaggedTensor.from_tensor(ids)

@@ -8,7 +8,6 @@ import tensorflow as tf
 from kerasllm.tokenizers.base import (
     DEFAULT_SPECIAL_TOKENS,
     Tokenizer,
-    as_id_array,
     register_tokenizer,
 )
 
@@ -88,7 +87,7 @@ class CharTokenizer(Tokenizer):
     def vocabulary_size(self):
         return len(self.special_tokens) + len(self.chars)
 
-    def encode(self, text):
+    def _encode_text(self, text):
         codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
         if not len(self._codepoints):
             return np.full(len(codepoints), self.unk_id, dtype=np.int32)
@@ -104,13 +103,7 @@ class CharTokenizer(Tokenizer):
         table[self.unk_id] = 0xFFFD
         return table
 
-    def decode(self, ids, skip_special_tokens=True):
-        ids = as_id_array(ids)
-        if not skip_special_tokens:
-            names = self.special_tokens
-            return "".join(names[i] if i < len(names) else self.chars[i - len(names)] for i in ids)
-        if len(ids) and (ids.min() < 0 or ids.max() >= self.vocabulary_size):
-            raise ValueError(f"token id out of range [0, {self.vocabulary_size}): {ids.min()}..{ids.max()}")
+    def _decode_ids(self, ids):
         codepoints = self._id_to_codepoint()[ids]
         return "".join(map(chr, codepoints[codepoints >= 0]))
 
@@ -126,21 +119,13 @@ class CharTokenizer(Tokenizer):
             self._tables = (encode_table, decode_table)
         return self._tables
 
-    def tf_encode(self, texts):
+    def _tf_encode_text(self, texts):
         encode_table, _ = self._graph_tables()
         codepoints = tf.strings.unicode_decode(texts, "UTF-8", errors="replace")
-        if isinstance(codepoints, tf.RaggedTensor):
-            return codepoints.with_flat_values(encode_table.lookup(codepoints.flat_values))
-        return encode_table.lookup(codepoints)
+        return codepoints.with_flat_values(encode_table.lookup(codepoints.flat_values))
 
-    def tf_decode(self, ids):
+    def _tf_decode_ids(self, ids):
         _, decode_table = self._graph_tables()
-        ids = ids if isinstance(ids, tf.RaggedTensor) else tf.convert_to_tensor(ids)
-        if not isinstance(ids, tf.RaggedTensor) and ids.shape.rank == 1:
-            codepoints = tf.gather(decode_table, tf.cast(ids, tf.int32))
-            return tf.strings.unicode_encode(tf.boolean_mask(codepoints, codepoints >= 0), "UTF-8")
-        if not isinstance(ids, tf.RaggedTensor):
-            ids = tf.RaggedTensor.from_tensor(ids)
-        codepoints = tf.ragged.map_flat_values(tf.gather, decode_table, tf.cast(ids, tf.int32))
+        codepoints = tf.ragged.map_flat_values(tf.gather, decode_table, ids)
         codepoints = tf.ragged.boolean_mask(codepoints, codepoints >= 0)
         return tf.strings.unicode_encode(codepoints, "UTF-8")

@@ -1,0 +1,118 @@
+"""SentencePiece tokenizer (unigram or BPE), trained by the sentencepiece library."""
+
+import base64
+import io
+
+import keras_hub
+import numpy as np
+import tensorflow as tf
+
+from kerasllm.errors import DataError
+from kerasllm.tokenizers.base import (
+    DEFAULT_SPECIAL_TOKENS,
+    Tokenizer,
+    as_ragged,
+    graph_call,
+    register_tokenizer,
+)
+
+
+@register_tokenizer("sentencepiece")
+class SentencePieceTokenizer(Tokenizer):
+    """SentencePiece on raw text: no pre-splitting, so it suits Chinese as well as English.
+
+    Trained by the `sentencepiece` library (a keras-hub dependency) with identity
+    normalization, no dummy prefix, whitespace kept as-is and byte fallback, so every string
+    (emoji and rare codepoints included) round-trips exactly. `\\n` is a piece of its own.
+    Python encoding uses `sentencepiece.SentencePieceProcessor`; graph encoding uses
+    `keras_hub.tokenizers.SentencePieceTokenizer` (tensorflow-text's op) on the same model, so
+    both give the same ids.
+
+    Args:
+        proto: the serialized SentencePiece model (bytes).
+        special_tokens: reserved tokens; must include `<pad>`, `<unk>`, `<bos>`, `<eos>`
+            (ids 0-3); others become user-defined pieces.
+
+    Examples:
+
+    >>> tok = SentencePieceTokenizer.train(["the cat sat on the mat\\n"] * 50, vocab_size=300)
+    >>> tok.decode(tok.encode("the mat 🙂"))
+    'the mat 🙂'
+    """
+
+    def __init__(self, proto, special_tokens=DEFAULT_SPECIAL_TOKENS):
+        super().__init__(special_tokens)
+        import sentencepiece
+
+        self.proto = bytes(proto)
+        self._processor = sentencepiece.SentencePieceProcessor(model_proto=self.proto)
+        self._hub = None
+        for index, name in enumerate(DEFAULT_SPECIAL_TOKENS):
+            if self._processor.piece_to_id(name) != index:
+                raise DataError(f"sentencepiece model: {name!r} must have id {index}")
+
+    @classmethod
+    def train(cls, texts, vocab_size=8000, special_tokens=DEFAULT_SPECIAL_TOKENS, model_type="unigram",
+              seed=1337, character_coverage=0.9995, max_sentences=2_000_000, **kwargs):
+        """Trains a unigram (or `model_type="bpe"`) model of at most `vocab_size` pieces.
+
+        Documents are fed line by line (at most `max_sentences` lines, sampled with `seed`).
+        """
+        import sentencepiece
+
+        if model_type not in ("unigram", "bpe"):
+            raise DataError(f"sentencepiece model_type = {model_type!r}: expected 'unigram' or 'bpe'")
+        if isinstance(texts, str):
+            texts = [texts]
+        lines = [line for text in texts for line in text.split("\n") if line]
+        if not lines:
+            raise DataError("sentencepiece: no text to train on")
+        sentencepiece.set_random_generator_seed(seed)
+        model = io.BytesIO()
+        extra = [t for t in special_tokens if t not in DEFAULT_SPECIAL_TOKENS]
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size or 8000,
+            model_type=model_type, character_coverage=character_coverage, byte_fallback=True,
+            normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
+            allow_whitespace_only_pieces=True, split_digits=False, hard_vocab_limit=False,
+            pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+            pad_piece="<pad>", unk_piece="<unk>", bos_piece="<bos>", eos_piece="<eos>",
+            user_defined_symbols=["\n", *extra], input_sentence_size=max_sentences,
+            shuffle_input_sentence=True, max_sentence_length=1 << 16, num_threads=2,
+            minloglevel=2,
+        )
+        return cls(model.getvalue(), special_tokens=special_tokens)
+
+    def get_config(self):
+        return {"proto": base64.b64encode(self.proto).decode("ascii"), "special_tokens": self.special_tokens}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(base64.b64decode(config["proto"]), special_tokens=config["special_tokens"])
+
+    def token_to_id(self, token):
+        index = self._processor.piece_to_id(token)
+        return index if self._processor.id_to_piece(index) == token else self.unk_id
+
+    @property
+    def vocabulary_size(self):
+        return self._processor.get_piece_size()
+
+    def _encode_text(self, text):
+        return np.asarray(self._processor.encode(text), np.int32)
+
+    def _decode_ids(self, ids):
+        pieces = [int(i) for i in ids]
+        return self._processor.decode(pieces).replace(" \u2047 ", "\ufffd")
+
+    @property
+    def hub_tokenizer(self):
+        if self._hub is None:
+            self._hub = keras_hub.tokenizers.SentencePieceTokenizer(proto=self.proto, dtype="int32")
+        return self._hub
+
+    def _tf_encode_text(self, texts):
+        return as_ragged(tf.cast(graph_call(self.hub_tokenizer, "tokenize", texts), tf.int32))
+
+    def _tf_decode_ids(self, ids):
+        return tf.strings.regex_replace(graph_call(self.hub_tokenizer, "detokenize", ids), " \u2047 ", "\ufffd")
