@@ -79,6 +79,20 @@ class DataConfig:
     split: str = _choice("position", ["position", "document"], "how the validation split is cut")
     stride: int = _opt(0, "step between training windows; 0: block_size (no overlap)")
     seed: int = _opt(1337, "seed of the document split and the shuffle order")
+    text_field: str = _opt("", "JSONL field / CSV column holding the text of .jsonl/.csv/.tsv corpora; '': auto")
+    clean: str = _opt("", "comma-separated cleaning steps: html, nfkc, whitespace, lowercase, dedupe")
+    stopwords: str = _opt("", "stop words removed from classification text: en, zh, en,zh or a file path")
+    min_count: int = _opt(1, "word/jieba tokenizers: minimum count of a vocabulary word")
+    sp_model: str = _choice("unigram", ["unigram", "bpe"], "sentencepiece tokenizer: model type")
+    special_tokens: str = _opt("", "comma-separated user special tokens (never split), after <pad>,<unk>,<bos>,<eos>")
+    add_bos: bool = _opt(False, "put <bos> before each document (<eos> always follows it)")
+    cache: bool = _opt(True, "cache token ids on disk, keyed by corpus hash + tokenizer hash")
+    cache_dir: str = _opt("", "token cache folder; '': $KERASLLM_CACHE_DIR or ~/.keras/kerasllm/cache")
+    augment_delete: float = _opt(0.0, "classification augmentation: random word deletion rate")
+    augment_swap: float = _opt(0.0, "classification augmentation: random word swap rate")
+    augment_insert: float = _opt(0.0, "classification augmentation: random word insertion rate")
+    augment_synonym: float = _opt(0.0, "classification augmentation: synonym substitution rate")
+    synonyms: str = _opt("", "synonym table for augmentation: a file of 'word<TAB>syn1,syn2' lines")
 
 
 @dataclass

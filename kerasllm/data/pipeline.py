@@ -1,10 +1,14 @@
-"""From documents to `tf.data` batches of (inputs, targets) windows for language modelling.
+"""From documents to `tf.data` batches: language-model windows and classification batches.
 
-    documents --split--> train/val documents --tokenize--> id arrays (EOS after each document)
-              --windows of block_size + 1--> (x, y = x shifted by one) --shuffle--> batch --> prefetch
+    documents --split--> train/val documents --tokenize (once, cached on disk)--> one id array
+              (optional <bos> before and <eos> after each document)
+              --window starts (shuffled per epoch from the seed)--> batch of starts
+              --gather block_size + 1 ids per start--> (x, y = x shifted by one) --> prefetch
 
-Token windows are cut once in numpy and handed to `tf.data` as tensors, so the per-step input
-cost is a slice of an in-memory array: no per-element Python or `map` work in the training loop.
+The id array stays in its compact dtype (uint16 for vocabularies under 65,536) and is held
+once; windows are gathered per batch, so overlapping windows (`stride < block_size`) cost no
+memory. The order is a pure function of (seed, epoch), so a run resumed at step k is fed
+exactly the batches an uninterrupted run would have seen from step k on (`start_batch`).
 """
 
 import numpy as np
@@ -63,22 +67,34 @@ def split_documents(documents, val_fraction=0.1, split="position", seed=1337):
     return [d for d in train if d], [d for d in val if d]
 
 
-def encode_documents(tokenizer, documents, add_eos=True):
-    """Tokenizes documents into one int32 array, with `<eos>` after each document."""
-    parts = []
-    eos = np.array([tokenizer.eos_id], dtype=np.int32)
-    for doc in documents:
-        parts.append(np.asarray(tokenizer.encode(doc), dtype=np.int32))
-        if add_eos:
-            parts.append(eos)
-    return np.concatenate(parts) if parts else np.zeros([0], np.int32)
+def id_dtype(vocabulary_size):
+    """The smallest unsigned dtype holding every id: uint16 below 65,536 ids, else uint32."""
+    return np.uint16 if vocabulary_size <= np.iinfo(np.uint16).max + 1 else np.uint32
 
 
-def _windows(ids, block_size, stride):
-    if len(ids) < block_size + 1:
-        return None
-    view = np.lib.stride_tricks.sliding_window_view(ids, block_size + 1)[::stride]
-    return np.ascontiguousarray(view[:, :-1]), np.ascontiguousarray(view[:, 1:])
+def iter_encoded(tokenizer, documents, add_bos=False, add_eos=True, chunk=64):
+    """Yields one id array per document (with <bos>/<eos> when asked), encoding in chunks."""
+    bos = np.array([tokenizer.bos_id], np.int32)
+    eos = np.array([tokenizer.eos_id], np.int32)
+    for start in range(0, len(documents), chunk):
+        for ids in tokenizer.encode_batch(documents[start : start + chunk]):
+            parts = ([bos] if add_bos else []) + [np.asarray(ids, np.int32)] + ([eos] if add_eos else [])
+            yield np.concatenate(parts)
+
+
+def encode_documents(tokenizer, documents, add_eos=True, add_bos=False):
+    """Tokenizes documents into one id array, with `<eos>` after (and `<bos>` before) each.
+
+    Examples:
+
+    >>> from kerasllm.tokenizers import CharTokenizer
+    >>> tok = CharTokenizer.train(["ab"])
+    >>> encode_documents(tok, ["ab", "b"]).tolist()
+    [4, 5, 3, 5, 3]
+    """
+    parts = list(iter_encoded(tokenizer, documents, add_bos=add_bos, add_eos=add_eos))
+    dtype = id_dtype(tokenizer.vocabulary_size)
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros([0], dtype)
 
 
 def _no_autotune(dataset):
@@ -88,6 +104,23 @@ def _no_autotune(dataset):
     options.autotune.enabled = False
     options.deterministic = True
     return dataset.with_options(options)
+
+
+def _window_starts(n_windows, stride, shuffle, repeat, seed, start_batch, batch_size):
+    """Dataset of window start offsets: per-epoch permutations from (seed, epoch), resumable."""
+    first = start_batch * batch_size  # windows already consumed
+    epoch0, skip = divmod(first, n_windows)
+    if not repeat and epoch0 > 0:
+        epoch0, skip = 1, 0  # past the only epoch: empty
+    epochs = tf.data.Dataset.range(epoch0, np.iinfo(np.int64).max if repeat else 1)
+
+    def one_epoch(epoch):
+        order = tf.range(n_windows, dtype=tf.int64)
+        if shuffle:
+            order = tf.random.experimental.stateless_shuffle(order, seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+        return tf.data.Dataset.from_tensor_slices(order * stride)
+
+    return epochs.flat_map(one_epoch).skip(skip)
 
 
 def lm_dataset(
@@ -100,19 +133,23 @@ def lm_dataset(
     seed=1337,
     max_batches=None,
     name="train",
+    start_batch=0,
 ):
     """A dataset of `(inputs, targets)` int32 batches of shape `(batch_size, block_size)`.
 
     Args:
-        ids: 1-D array of token ids.
+        ids: 1-D array of token ids (a numpy array or a read-only memmap from the token cache).
         block_size: window length; each window is read from `block_size + 1` ids.
         batch_size: sequences per batch (incomplete last batches are dropped).
         stride: step between window starts; 0 means `block_size` (windows do not overlap).
-        shuffle: reshuffle the windows every epoch, deterministically from `seed`.
+        shuffle: a new order of the windows every epoch, a pure function of `(seed, epoch)`.
         repeat: repeat forever (training) or stop after one pass (evaluation).
         seed: shuffle seed.
         max_batches: stop after this many batches (a fixed validation set).
         name: split name used in error messages.
+        start_batch: begin as if this many batches had been read already (resuming at a
+            step): the following batches are exactly those of an uninterrupted pass, and
+            getting there costs at most one epoch of integer offsets, not the batches.
 
     Examples:
 
@@ -122,22 +159,88 @@ def lm_dataset(
     >>> x.shape, bool((x[:, 1:] == y[:, :-1]).numpy().all())
     (TensorShape([2, 8]), True)
     """
-    ids = np.asarray(ids, dtype=np.int32)
-    windows = _windows(ids, block_size, stride or block_size)
-    if windows is None or len(windows[0]) < batch_size:
-        count = 0 if windows is None else len(windows[0])
+    ids = np.asarray(ids)
+    if ids.dtype not in (np.uint16, np.uint32, np.int32):
+        ids = ids.astype(np.int32)
+    stride = stride or block_size
+    count = (len(ids) - block_size - 1) // stride + 1 if len(ids) >= block_size + 1 else 0
+    if count < batch_size:
         raise DataError(
             f"the {name} split has {len(ids)} tokens: {count} windows of {block_size + 1}, fewer "
             f"than one batch of {batch_size}; use more data, a smaller model.block_size or "
             "train.batch_size, or change data.val_fraction"
         )
-    x, y = windows
-    dataset = tf.data.Dataset.from_tensor_slices((x, y))
-    if shuffle:
-        dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        dataset = dataset.repeat()
+    tokens = tf.constant(ids)  # the one in-memory copy, in the compact dtype
+    offsets = tf.range(block_size + 1, dtype=tf.int64)
+
+    def gather(starts):
+        windows = tf.cast(tf.gather(tokens, starts[:, None] + offsets[None, :]), tf.int32)
+        return windows[:, :-1], windows[:, 1:]
+
+    dataset = _window_starts(count, stride, shuffle, repeat, seed, start_batch, batch_size)
     dataset = dataset.batch(batch_size, drop_remainder=True)
+    # flat_map hides the length from tf.data; state it so Keras sees an endless / sized input.
+    remaining = max(0, count - start_batch * batch_size) // batch_size
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(
+        tf.data.INFINITE_CARDINALITY if repeat else remaining
+    ))
     if max_batches:
         dataset = dataset.take(max_batches)
+    dataset = dataset.map(gather)
+    return _no_autotune(dataset.prefetch(2))
+
+
+def pad_sequences(sequences, max_length, pad_id=0):
+    """Truncates/pads id sequences to `(len(sequences), max_length)` int32 ids and a bool mask.
+
+    Examples:
+
+    >>> ids, mask = pad_sequences([[5, 6, 7], [8]], max_length=2)
+    >>> ids.tolist(), mask.tolist()
+    ([[5, 6], [8, 0]], [[True, True], [True, False]])
+    """
+    ids = np.full((len(sequences), max_length), pad_id, dtype=np.int32)
+    mask = np.zeros((len(sequences), max_length), dtype=bool)
+    for row, sequence in enumerate(sequences):
+        sequence = np.asarray(sequence, np.int32)[:max_length]
+        ids[row, : len(sequence)] = sequence
+        mask[row, : len(sequence)] = True
+    return ids, mask
+
+
+def classification_dataset(
+    sequences, labels, batch_size, max_length, pad_id=0, shuffle=True, repeat=False, seed=1337,
+    drop_remainder=False,
+):
+    """Batches of `({"token_ids", "padding_mask"}, labels)` for classification.
+
+    Args:
+        sequences: list of id sequences (e.g. `tokenizer.encode_batch(texts)`).
+        labels: integer class ids, one per sequence.
+        batch_size: examples per batch.
+        max_length: every sequence is truncated / right-padded with `pad_id` to this length.
+        shuffle: a new order each epoch from `seed` (deterministic).
+        repeat: repeat forever.
+        drop_remainder: drop the last incomplete batch.
+
+    Examples:
+
+    >>> ds = classification_dataset([[5, 6, 7], [8]], [1, 0], batch_size=2, max_length=4, shuffle=False)
+    >>> inputs, y = next(iter(ds))
+    >>> inputs["token_ids"].numpy().tolist(), int(inputs["padding_mask"].numpy().sum()), y.numpy().tolist()
+    ([[5, 6, 7, 0], [8, 0, 0, 0]], 4, [1, 0])
+    """
+    if len(sequences) != len(labels):
+        raise DataError(f"{len(sequences)} sequences but {len(labels)} labels; expected one label each")
+    if not len(sequences):
+        raise DataError("no examples to batch; expected at least one labelled text")
+    ids, mask = pad_sequences(sequences, max_length, pad_id)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        ({"token_ids": ids, "padding_mask": mask}, np.asarray(labels, dtype=np.int32))
+    )
+    if shuffle:
+        dataset = dataset.shuffle(len(ids), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     return _no_autotune(dataset.prefetch(2))

@@ -25,14 +25,14 @@ import time
 from pathlib import Path
 
 import keras
-import numpy as np
 
 from kerasllm.config import Config
-from kerasllm.data import encode_documents, lm_dataset, load_corpus, split_documents
+from kerasllm.data import lm_dataset
+from kerasllm.data.prepare import prepare_lm_data
 from kerasllm.errors import ConfigError, RunError
 from kerasllm.generation import Generator
 from kerasllm.models import build_model
-from kerasllm.tokenizers import get_tokenizer_class, load_tokenizer
+from kerasllm.tokenizers import load_tokenizer
 from kerasllm.training.callbacks import (
     Checkpointer,
     EarlyStop,
@@ -59,31 +59,11 @@ LOG_FILE = "log.csv"
 PLOT_FILE = "curves.png"
 
 
-@dataclasses.dataclass
-class PreparedData:
-    tokenizer: object
-    train_ids: np.ndarray
-    val_ids: np.ndarray
-
-
 def prepare_data(config, tokenizer=None, log=print):
-    """Loads the corpus, splits it, trains (or reuses) the tokenizer and encodes both splits."""
-    documents = load_corpus(config.data.dataset)
-    train_docs, val_docs = split_documents(
-        documents, config.data.val_fraction, config.data.split, config.data.seed
-    )
-    if tokenizer is None:
-        tokenizer = get_tokenizer_class(config.data.tokenizer).train(
-            train_docs, vocab_size=config.data.vocab_size
-        )
-    train_ids = encode_documents(tokenizer, train_docs)
-    val_ids = encode_documents(tokenizer, val_docs)
-    log(
-        f"data: {config.data.dataset} - {len(documents)} documents, {len(train_ids):,} train / "
-        f"{len(val_ids):,} val tokens, {config.data.tokenizer} tokenizer with "
-        f"{tokenizer.vocabulary_size} ids"
-    )
-    return PreparedData(tokenizer, train_ids, val_ids)
+    """Reads and cleans the corpus, splits it, trains (or reuses, or loads from the cache) the
+    tokenizer and encodes both splits once into the on-disk token cache
+    (`kerasllm.data.prepare.prepare_lm_data`)."""
+    return prepare_lm_data(config.data, tokenizer=tokenizer, log=log)
 
 
 def compile_model(model, config, policy="float32", jit_compile=None):
@@ -190,7 +170,9 @@ def pretrain(config, output_dir, restart=False, log=print, verbose="auto", callb
     train = config.train
     checkpoint_every = _check_schedule(train)
     # tf.distribute's multi-worker strategy must exist before TensorFlow runs any op.
-    placement = None if keras.backend.backend() == "jax" else resolve_placement(train.strategy, log=log)
+    placement = None
+    if keras.backend.backend() != "jax":
+        placement = resolve_placement(train.strategy, model_parallel=train.model_parallel, log=log)
     run_dir = Path(output_dir)
     if placement is not None and not placement.is_chief:
         run_dir = run_dir / f"worker-{placement.worker_index}"
@@ -239,8 +221,8 @@ def pretrain(config, output_dir, restart=False, log=print, verbose="auto", callb
     def train_ds(skip):  # the same shuffled stream every time; a resumed run skips what it saw
         return lm_dataset(
             data.train_ids, block, micro_batch, stride=config.data.stride, shuffle=True, repeat=True,
-            seed=config.data.seed, name="train",
-        ).skip(skip)
+            seed=config.data.seed, name="train", start_batch=skip,
+        )
 
     parameters = model.count_params()
     log(
@@ -250,6 +232,9 @@ def pretrain(config, output_dir, restart=False, log=print, verbose="auto", callb
         f"{train.eval_interval}, checkpoint every {checkpoint_every}"
     )
 
+    # One Keras epoch is `chunk` optimizer steps, so checkpoints (every `checkpoint_every`) and
+    # validation (every `eval_interval`, via validation_freq) both fall on epoch ends.
+    chunk = math.gcd(train.eval_interval, checkpoint_every)
     guard, interrupt = NaNGuard(state), Interrupt()
     stateful = {}
     if train.schedule == "plateau":
@@ -269,15 +254,12 @@ def pretrain(config, output_dir, restart=False, log=print, verbose="auto", callb
     extra_callbacks = list(callbacks)
     callbacks = [
         state, guard, interrupt, throughput, checkpointer, *stateful.values(), *extra_callbacks,
-        RunLog(run_dir / LOG_FILE, state, model.optimizer, resume_step=step),
+        RunLog(run_dir / LOG_FILE, state, model.optimizer, resume_step=step, every=chunk),
         keras.callbacks.TensorBoard(
             log_dir=str(run_dir / "logs"), update_freq=train.log_every or "epoch", write_graph=False
         ),
     ]
 
-    # One Keras epoch is `chunk` optimizer steps, so checkpoints (every `checkpoint_every`) and
-    # validation (every `eval_interval`, via validation_freq) both fall on epoch ends.
-    chunk = math.gcd(train.eval_interval, checkpoint_every)
     history = {}
     if step >= train.max_steps:
         log(f"already trained to step {step} (train.max_steps = {train.max_steps}); use --restart to start over")
