@@ -3,7 +3,7 @@
 import tensorflow as tf
 
 from kerasllm.errors import ConfigError
-from kerasllm.export.graph import encode, model_variables, portable_ops, tokenizer_resources
+from kerasllm.export.graph import encode, model_variables, tokenizer_resources, traced_portably
 from kerasllm.models.classifier import SequenceClassifier
 
 CLASSIFY_SIGNATURE = [tf.TensorSpec([None], tf.string, name="text")]
@@ -60,9 +60,7 @@ class ClassifierServer(tf.Module):
         self.weights = model_variables(model)
         self.tokenizer_tables = tokenizer_resources(tokenizer)
         self._keras = _Untracked(model, tokenizer)
-        self.classify = tf.function(self._classify, input_signature=CLASSIFY_SIGNATURE)
-        with portable_ops():
-            self.classify.get_concrete_function()
+        self.classify = tf.function(traced_portably(self._classify), input_signature=CLASSIFY_SIGNATURE)
 
     def signatures(self):
         return {"serving_default": self.classify, "classify": self.classify}

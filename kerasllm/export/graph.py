@@ -1,6 +1,7 @@
 """What every serving module shares: weights and tokenizer tables it owns, portable tracing."""
 
 import contextlib
+import functools
 
 import tensorflow as tf
 
@@ -95,6 +96,18 @@ def portable_ops():
         yield
     finally:
         core.slice_update = original
+
+
+def traced_portably(function):
+    """Wraps a function to be traced by `tf.function` so every trace (also the one
+    `tf.saved_model.save` makes) runs under `portable_ops`."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with portable_ops():
+            return function(*args, **kwargs)
+
+    return wrapper
 
 
 def saved_op_types(export_dir):

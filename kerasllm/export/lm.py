@@ -7,8 +7,8 @@ from kerasllm.export.graph import (
     check_ids,
     encode,
     model_variables,
-    portable_ops,
     tokenizer_resources,
+    traced_portably,
 )
 from kerasllm.export.sampling import sample_tokens
 from kerasllm.models import GPT, LSTMLanguageModel
@@ -115,12 +115,11 @@ class LanguageModelServer(tf.Module):
         self.tokenizer_tables = tokenizer_resources(tokenizer)
         self._keras = _Untracked(model, tokenizer)
 
-        self.generate = tf.function(self._generate, input_signature=GENERATE_SIGNATURE)
-        self.score = tf.function(self._score, input_signature=SCORE_SIGNATURE)
-        self.next_token_logits = tf.function(self._next_token_logits, input_signature=LOGITS_SIGNATURE)
-        with portable_ops():
-            for function in (self.generate, self.score, self.next_token_logits):
-                function.get_concrete_function()
+        self.generate = tf.function(traced_portably(self._generate), input_signature=GENERATE_SIGNATURE)
+        self.score = tf.function(traced_portably(self._score), input_signature=SCORE_SIGNATURE)
+        self.next_token_logits = tf.function(
+            traced_portably(self._next_token_logits), input_signature=LOGITS_SIGNATURE
+        )
 
     def signatures(self):
         """The SavedModel signatures, `serving_default` first."""

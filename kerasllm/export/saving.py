@@ -8,7 +8,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from kerasllm.errors import RunError
-from kerasllm.export.graph import non_core_ops, portable_ops, saved_op_types
+from kerasllm.export.graph import non_core_ops, saved_op_types
 
 README_FILE = "README.txt"
 
@@ -21,10 +21,8 @@ def next_version(base_dir):
 
 
 def save_module(server, export_dir):
-    """`tf.saved_model.save` of a serving module with its signatures (portable ops only)."""
-    # Saving may retrace the functions, so it runs under the same op substitution as tracing.
-    with portable_ops():
-        tf.saved_model.save(server, str(export_dir), signatures=server.signatures())
+    """`tf.saved_model.save` of a serving module with its signatures."""
+    tf.saved_model.save(server, str(export_dir), signatures=server.signatures())
 
 
 def describe_signatures(server):
