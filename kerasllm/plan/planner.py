@@ -159,7 +159,8 @@ class Plan:
 
 def plan(model_config, devices="1xCPU", tokens=None, global_batch=None, seq_len=None, precision=None,
          optimizer="adamw", mfu=None, strategy="auto", remat="auto", micro_batch=0,
-         flash_attention=None, vocab_size=None, inference_batch=1, name=None, measure_cpu=True):
+         flash_attention=None, vocab_size=None, inference_batch=1, name=None, measure_cpu=True,
+         peak_flops=None):
     """Plans a training run.
 
     Args:
@@ -180,6 +181,7 @@ def plan(model_config, devices="1xCPU", tokens=None, global_batch=None, seq_len=
         inference_batch: batch of the KV-cache estimate.
         name: label for the output.
         measure_cpu: measure this CPU's peak (else a nominal figure).
+        peak_flops: peak FLOP/s per device in the run's compute dtype, overriding the table.
 
     Returns:
         A `Plan`.
@@ -260,7 +262,7 @@ def plan(model_config, devices="1xCPU", tokens=None, global_batch=None, seq_len=
 
     train_per_token = flops_per_token(c, t, True, vocab_size)
     train_total = train_per_token * tokens
-    peak = hardware.peak(peak_dtype)
+    peak = float(peak_flops) if peak_flops else hardware.peak(peak_dtype)
     recompute = 4 / 3 if recommendation["remat"] else 1.0
     seconds = train_total * recompute / (count * peak * mfu)
     tokens_per_step = global_batch * t

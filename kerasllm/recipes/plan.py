@@ -38,6 +38,7 @@ def build_parser():
                         help="default: float32 on CPU, mixed_bfloat16 on accelerators")
     parser.add_argument("--optimizer", choices=["adamw", "adam", "momentum", "sgd"], help="default adamw")
     parser.add_argument("--mfu", type=float, help="model FLOPs utilization (default: 0.4; the CPU's measured value)")
+    parser.add_argument("--peak-flops", type=float, help="peak FLOP/s per device, overriding the hardware table")
     parser.add_argument("--strategy", choices=["auto", *STRATEGIES], help="sharding layout (default: auto)")
     parser.add_argument("--remat", choices=list(_SWITCH), help="rematerialization (default: auto)")
     parser.add_argument("--micro-batch", type=int, help="sequences per device per pass (default: largest that fits)")
@@ -80,7 +81,7 @@ def plan_arguments(args):
             model.vocab_size = _tokenizer_size(config)
     for key, value in (("devices", args.devices), ("global_batch", args.batch), ("seq_len", args.seq_len),
                        ("vocab_size", args.vocab), ("precision", args.precision), ("optimizer", args.optimizer),
-                       ("mfu", args.mfu), ("strategy", args.strategy), ("micro_batch", args.micro_batch)):
+                       ("mfu", args.mfu), ("peak_flops", args.peak_flops), ("strategy", args.strategy), ("micro_batch", args.micro_batch)):
         if value is not None:
             kwargs[key] = value
     if args.remat:
