@@ -260,19 +260,20 @@ class Checkpointer(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.last_loss = float((logs or {}).get("loss", math.nan))
-        if self.state.batches % (self.every * self.state.accum) == 0:
-            self.save()
 
     def on_epoch_end(self, epoch, logs=None):
+        # Epochs end on multiples of `every` (see `pretrain`); this runs after the evaluation
+        # and after `RunLog` wrote the row, so a checkpoint never precedes its log row.
         val_loss = (logs or {}).get("val_loss")
-        if val_loss is None:
-            return
-        self.last_val_loss = float(val_loss)
-        if self.enabled and self.keep_best and math.isfinite(val_loss) and val_loss < self.best_val_loss:
-            self.best_val_loss = float(val_loss)
-            self.folder.mkdir(parents=True, exist_ok=True)
-            save_model_atomic(self.model, self.folder / BEST_FILE)
-            write_json_atomic(self.folder / "best.json", self.info(BEST_FILE))
+        if val_loss is not None:
+            self.last_val_loss = float(val_loss)
+            if self.enabled and self.keep_best and math.isfinite(val_loss) and val_loss < self.best_val_loss:
+                self.best_val_loss = float(val_loss)
+                self.folder.mkdir(parents=True, exist_ok=True)
+                save_model_atomic(self.model, self.folder / BEST_FILE)
+                write_json_atomic(self.folder / "best.json", self.info(BEST_FILE))
+        if self.state.batches % (self.every * self.state.accum) == 0:
+            self.save()
 
 
 class Throughput(keras.callbacks.Callback):
@@ -332,14 +333,17 @@ class RunLog(keras.callbacks.Callback):
     `log.csv` with fixed columns (`LOG_COLUMNS`); also shows the last val loss in the
     progress bar.
 
-    On resume, rows past the resumed step (logged by a run that crashed before its next
-    checkpoint) are dropped, so the CSV has one row per step boundary.
+    Rows are written every `every` steps (the Keras epoch) and at the last step. On resume,
+    rows past the resumed step (logged by a run that crashed before its next checkpoint) are
+    dropped, so the CSV has one row per interval; after a resume inside an interval (Ctrl-C),
+    that interval's `loss` averages only the batches after the resume.
     """
 
-    def __init__(self, path, state, optimizer, resume_step=0):
+    def __init__(self, path, state, optimizer, resume_step=0, every=1):
         super().__init__()
         self.path = Path(path)
         self.state = state
+        self.every = every
         self.optimizer = optimizer
         self.val_loss = None
         self.started = time.time()
@@ -379,6 +383,9 @@ class RunLog(keras.callbacks.Callback):
         norm = self.grad_norm()
         if norm is not None:
             logs["grad_norm"] = norm
+        at_end = self.state.max_steps is not None and self.state.step >= self.state.max_steps
+        if self.state.step % self.every and not at_end:
+            return  # stopped inside an interval (Ctrl-C, NaN): its row comes when it is complete
         row = {k: logs[k] for k in LOG_COLUMNS if k in logs}
         row.update(step=self.state.step, time=round(time.time() - self.started, 3))
         self._write_rows([row])

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from kerasllm.errors import ConfigError
-from kerasllm.training.schedules import build_schedule
+from kerasllm.training.schedules import PerUpdate, build_schedule
 
 
 class GradNormMixin:
@@ -84,8 +84,11 @@ def build_optimizer(train, model):
         raise ConfigError(f"train.grad_accum_steps = {train.grad_accum_steps}: expected 1 or more")
     if train.grad_clip < 0:
         raise ConfigError(f"train.grad_clip = {train.grad_clip}: expected 0 (off) or a positive number")
+    learning_rate = build_schedule(train)
+    if train.grad_accum_steps > 1 and not isinstance(learning_rate, float):
+        learning_rate = PerUpdate(learning_rate, train.grad_accum_steps)
     common = dict(
-        learning_rate=build_schedule(train),
+        learning_rate=learning_rate,
         global_clipnorm=train.grad_clip or None,
         gradient_accumulation_steps=train.grad_accum_steps if train.grad_accum_steps > 1 else None,
     )

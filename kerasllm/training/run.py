@@ -253,8 +253,9 @@ def pretrain(config, output_dir, restart=False, log=print, verbose="auto", callb
     throughput = Throughput(state, *_flops(config, train, placement, log))
     extra_callbacks = list(callbacks)
     callbacks = [
-        state, guard, interrupt, throughput, checkpointer, *stateful.values(), *extra_callbacks,
+        state, guard, interrupt, throughput, *stateful.values(), *extra_callbacks,
         RunLog(run_dir / LOG_FILE, state, model.optimizer, resume_step=step, every=chunk),
+        checkpointer,  # after RunLog: a checkpoint never exists without its log row
         keras.callbacks.TensorBoard(
             log_dir=str(run_dir / "logs"), update_freq=train.log_every or "epoch", write_graph=False
         ),

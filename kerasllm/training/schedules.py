@@ -63,6 +63,30 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
+@keras.saving.register_keras_serializable(package="kerasllm")
+class PerUpdate(keras.optimizers.schedules.LearningRateSchedule):
+    """Evaluates `schedule` at optimizer updates, not micro-batches.
+
+    Keras optimizers with `gradient_accumulation_steps` pass the micro-batch count to the
+    schedule; this divides it by `steps`, so warmup and decay keep their length in updates and
+    accumulation stays exactly equivalent to the large batch.
+    """
+
+    def __init__(self, schedule, steps):
+        self.schedule = schedule
+        self.steps = int(steps)
+
+    def __call__(self, step):
+        return self.schedule(ops.floor_divide(step, self.steps))
+
+    def get_config(self):
+        return {"schedule": keras.saving.serialize_keras_object(self.schedule), "steps": self.steps}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.saving.deserialize_keras_object(config["schedule"]), config["steps"])
+
+
 def build_schedule(train):
     """The learning rate (a schedule, or a float for `plateau`) a `TrainConfig` describes.
 
