@@ -97,14 +97,14 @@ def format_report(report):
 
 def plot_confusion_matrix(matrix, labels, path, title="confusion matrix"):
     """Saves the confusion matrix as a PNG heat map with counts (matplotlib, Agg backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure, not pyplot: no backend switch (matplotlib.use("Agg") breaks notebooks'
+    # inline plots) and nothing left open.
+    from matplotlib.figure import Figure
 
     matrix = np.asarray(matrix)
     size = 1.0 + 0.6 * len(labels)
-    figure, axes = plt.subplots(figsize=(max(3.5, size + 1), max(3.0, size)))
+    figure = Figure(figsize=(max(3.5, size + 1), max(3.0, size)))
+    axes = figure.subplots()
     image = axes.imshow(matrix, cmap="Blues")
     figure.colorbar(image, ax=axes)
     axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
@@ -117,7 +117,6 @@ def plot_confusion_matrix(matrix, labels, path, title="confusion matrix"):
         axes.text(j, i, str(count), ha="center", va="center", color="white" if count > threshold else "black")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path
 
 
