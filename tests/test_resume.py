@@ -15,6 +15,8 @@ import sys
 import time
 
 import keras
+
+import kerasllm.models  # noqa: F401  (registers GPT for load_model)
 import numpy as np
 import pytest
 
