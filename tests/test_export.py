@@ -88,6 +88,7 @@ def test_sampling_modes():
 
 
 # --- language models, in process --------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("arch, options", [
     ("gpt", {}),
     ("gpt", {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "n_kv_head": 1, "bias": False}),
@@ -125,6 +126,7 @@ def test_lm_server_matches_keras(arch, options, char_tokenizer):
     assert (sampled[0] != sampled[2]).any()
 
 
+@pytest.mark.slow
 def test_context_limits_and_bad_inputs(char_tokenizer):
     tok = char_tokenizer
     model = tiny_lm("gpt", tok.vocabulary_size, block_size=16)
@@ -343,3 +345,14 @@ def test_keras_files_reload_in_safe_mode(tmp_path):
         np.testing.assert_allclose(
             keras.ops.convert_to_numpy(loaded(ids)), keras.ops.convert_to_numpy(model(ids)), atol=1e-6
         )
+
+
+@pytest.mark.slow
+def test_docstring_examples_run():
+    import doctest
+
+    from kerasllm.export import classifier, lm, sampling
+
+    for module in (sampling, lm, classifier):
+        failures, tried = doctest.testmod(module)
+        assert tried > 0 and failures == 0, module.__name__
