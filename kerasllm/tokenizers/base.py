@@ -263,10 +263,12 @@ def as_id_array(ids):
 
 
 def graph_call(layer, method, inputs):
-    """Calls a keras-hub tokenizer method so that it returns tensors, also in eager mode.
+    """Calls a keras-hub tokenizer's `tokenize` / `detokenize` so that it returns tensors.
 
     In eager mode keras-hub converts outputs to numpy / lists; inside a graph (tf.data, a
-    tf.function, a SavedModel) it returns tensors, so eager calls go through a tf.function.
+    tf.function, a SavedModel) it returns tensors. Eager calls therefore go through one
+    tf.function per layer and method, traced once for any batch size ([None] strings in,
+    ragged [None, None] int32 ids in).
     """
     import tensorflow as tf
 
@@ -274,7 +276,11 @@ def graph_call(layer, method, inputs):
         return getattr(layer, method)(inputs)
     functions = layer.__dict__.setdefault("_kerasllm_graph_fns", {})
     if method not in functions:
-        functions[method] = tf.function(getattr(layer, method), reduce_retracing=True)
+        spec = (
+            tf.TensorSpec([None], tf.string) if method == "tokenize"
+            else tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1)
+        )
+        functions[method] = tf.function(getattr(layer, method), input_signature=[spec])
     return functions[method](inputs)
 
 

@@ -70,17 +70,22 @@ class SentencePieceTokenizer(Tokenizer):
         sentencepiece.set_random_generator_seed(seed)
         model = io.BytesIO()
         extra = [t for t in special_tokens if t not in DEFAULT_SPECIAL_TOKENS]
-        sentencepiece.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size or 8000,
-            model_type=model_type, character_coverage=character_coverage, byte_fallback=True,
-            normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
-            allow_whitespace_only_pieces=True, split_digits=False, hard_vocab_limit=False,
-            pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+        options = dict(
+            vocab_size=vocab_size or 8000, model_type=model_type, character_coverage=character_coverage,
+            byte_fallback=True, normalization_rule_name="identity", add_dummy_prefix=False,
+            remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, split_digits=False,
+            hard_vocab_limit=False, pad_id=0, unk_id=1, bos_id=2, eos_id=3,
             pad_piece="<pad>", unk_piece="<unk>", bos_piece="<bos>", eos_piece="<eos>",
-            user_defined_symbols=["\n", *extra], input_sentence_size=max_sentences,
-            shuffle_input_sentence=True, max_sentence_length=1 << 16, num_threads=2,
-            minloglevel=2,
+            user_defined_symbols=[*extra, "\n"], input_sentence_size=max_sentences,
+            shuffle_input_sentence=True, max_sentence_length=1 << 16, num_threads=2, minloglevel=2,
         )
+        try:
+            sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model, **options)
+        except RuntimeError as error:
+            raise DataError(
+                f"sentencepiece: training failed ({str(error).strip()[-200:]}); raise data.vocab_size "
+                "(it must hold every character kept by character_coverage)"
+            ) from None
         return cls(model.getvalue(), special_tokens=special_tokens)
 
     def get_config(self):
