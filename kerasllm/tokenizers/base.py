@@ -194,12 +194,13 @@ class Tokenizer:
         import tensorflow as tf
 
         if getattr(self, "_tf_special_table", None) is None:
-            self._tf_special_table = tf.lookup.StaticHashTable(
-                tf.lookup.KeyValueTensorInitializer(
-                    tf.constant(self.special_tokens), tf.constant(self.special_ids, tf.int32)
-                ),
-                default_value=-1,
-            )
+            with tf.init_scope():  # an eager resource, also when first built while tracing
+                self._tf_special_table = tf.lookup.StaticHashTable(
+                    tf.lookup.KeyValueTensorInitializer(
+                        tf.constant(self.special_tokens), tf.constant(self.special_ids, tf.int32)
+                    ),
+                    default_value=-1,
+                )
         return self._tf_special_table
 
     def _tf_encode_text(self, texts):

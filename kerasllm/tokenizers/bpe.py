@@ -103,9 +103,10 @@ class BPETokenizer(Tokenizer):
     @property
     def hub_tokenizer(self):
         if self._hub is None:
-            self._hub = keras_hub.tokenizers.BytePairTokenizer(
-                vocabulary=self.vocabulary, merges=self.merges, dtype="int32"
-            )
+            with tf.init_scope():
+                self._hub = keras_hub.tokenizers.BytePairTokenizer(
+                    vocabulary=self.vocabulary, merges=self.merges, dtype="int32"
+                )
         return self._hub
 
     def _tf_encode_text(self, texts):

@@ -70,7 +70,8 @@ class ByteTokenizer(Tokenizer):
             strings[self.unk_id] = "\ufffd".encode("utf-8")
             for byte in range(256):
                 strings[self.offset + byte] = bytes([byte])
-            self._byte_strings = tf.constant(strings)
+            with tf.init_scope():  # eager, also when first built while tracing
+                self._byte_strings = tf.constant(strings)
         joined = tf.strings.reduce_join(tf.ragged.map_flat_values(tf.gather, self._byte_strings, ids), axis=-1)
         # Broken UTF-8 (a window cut inside a character) becomes U+FFFD, as in Python.
         return tf.strings.unicode_transcode(joined, "UTF-8", "UTF-8", errors="replace")

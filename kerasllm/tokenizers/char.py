@@ -109,15 +109,18 @@ class CharTokenizer(Tokenizer):
 
     def _graph_tables(self):
         if self._tables is None:
-            encode_table = tf.lookup.StaticHashTable(
-                tf.lookup.KeyValueTensorInitializer(
-                    tf.constant(self._codepoints, tf.int32), tf.constant(self._ids, tf.int32)
-                ),
-                default_value=self.unk_id,
-            )
-            decode_table = tf.constant(self._id_to_codepoint(), tf.int32)
-            self._tables = (encode_table, decode_table)
+            with tf.init_scope():  # eager resources, also when first built while tracing
+                self._tables = self._build_tables()
         return self._tables
+
+    def _build_tables(self):
+        encode_table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(self._codepoints, tf.int32), tf.constant(self._ids, tf.int32)
+            ),
+            default_value=self.unk_id,
+        )
+        return encode_table, tf.constant(self._id_to_codepoint(), tf.int32)
 
     def _tf_encode_text(self, texts):
         encode_table, _ = self._graph_tables()

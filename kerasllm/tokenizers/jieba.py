@@ -88,19 +88,18 @@ class JiebaTokenizer(WordTokenizer):
                 ids.extend(self._index.get(c, self.unk_id) for c in word)
         return np.asarray(ids, np.int32)
 
-    def _graph_tables(self):
-        tables = super()._graph_tables()
-        if not hasattr(self, "_wordpiece"):
-            lookup = tf.lookup.StaticHashTable(
-                tf.lookup.KeyValueTensorInitializer(
-                    tf.constant(self.vocabulary), tf.range(len(self.vocabulary), dtype=tf.int64)
-                ),
-                default_value=self.unk_id,
-            )
-            self._wordpiece = tf_text.WordpieceTokenizer(
-                lookup, suffix_indicator="", max_bytes_per_word=1 << 16, max_chars_per_token=None,
-                token_out_type=tf.int64, unknown_token=None,
-            )
+    def _build_tables(self):
+        tables = super()._build_tables()
+        lookup = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(self.vocabulary), tf.range(len(self.vocabulary), dtype=tf.int64)
+            ),
+            default_value=self.unk_id,
+        )
+        self._wordpiece = tf_text.WordpieceTokenizer(
+            lookup, suffix_indicator="", max_bytes_per_word=1 << 16, max_chars_per_token=None,
+            token_out_type=tf.int64, unknown_token=None,
+        )
         return tables
 
     def _tf_encode_text(self, texts):

@@ -113,7 +113,8 @@ class SentencePieceTokenizer(Tokenizer):
     @property
     def hub_tokenizer(self):
         if self._hub is None:
-            self._hub = keras_hub.tokenizers.SentencePieceTokenizer(proto=self.proto, dtype="int32")
+            with tf.init_scope():
+                self._hub = keras_hub.tokenizers.SentencePieceTokenizer(proto=self.proto, dtype="int32")
         return self._hub
 
     def _tf_encode_text(self, texts):

@@ -104,14 +104,17 @@ class WordTokenizer(Tokenizer):
 
     def _graph_tables(self):
         if self._tables is None:
-            words = tf.constant(self.vocabulary)
-            encode_table = tf.lookup.StaticHashTable(
-                tf.lookup.KeyValueTensorInitializer(words, tf.range(len(self.vocabulary), dtype=tf.int32)),
-                default_value=self.unk_id,
-            )
-            decode_strings = tf.tensor_scatter_nd_update(words, [[self.unk_id]], ["\ufffd"])
-            self._tables = (encode_table, decode_strings)
+            with tf.init_scope():  # eager resources, also when first built while tracing
+                self._tables = self._build_tables()
         return self._tables
+
+    def _build_tables(self):
+        words = tf.constant(self.vocabulary)
+        encode_table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(words, tf.range(len(self.vocabulary), dtype=tf.int32)),
+            default_value=self.unk_id,
+        )
+        return encode_table, tf.tensor_scatter_nd_update(words, [[self.unk_id]], ["\ufffd"])
 
     def _tf_encode_text(self, texts):
         encode_table, _ = self._graph_tables()
