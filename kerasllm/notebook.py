@@ -106,6 +106,32 @@ def resolve_corpus(name="tinyshakespeare", log=print):
     return str(path)
 
 
+def head_lines(path, lines, directory=None):
+    """The first `lines` lines of a text file (a header line counts as one) as a new file, for
+    shrinking a data set in smoke runs; `path` itself when `lines` is None.
+
+    Examples:
+
+    >>> import pathlib, tempfile
+    >>> source = pathlib.Path(tempfile.mkdtemp()) / "train.tsv"
+    >>> _ = source.write_text("sentence\\tlabel\\na\\t1\\nb\\t0\\nc\\t1\\n")
+    >>> head_lines(source, 3).read_text()
+    'sentence\\tlabel\\na\\t1\\nb\\t0\\n'
+    """
+    path = Path(path)
+    if lines is None:
+        return path
+    directory = Path(directory or tempfile.mkdtemp(prefix="kerasllm-head-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"{path.stem}.head{lines}{path.suffix}"
+    with open(path, encoding="utf-8") as source, open(target, "w", encoding="utf-8") as out:
+        for index, line in enumerate(source):
+            if index >= lines:
+                break
+            out.write(line)
+    return target
+
+
 def run_directory(name):
     """Where a notebook writes run `name`: `$KERASLLM_RUNS/<name>`, else
     `saved_models/notebooks/<name>` in a source checkout, else a temporary folder."""
