@@ -67,7 +67,7 @@ class ClassifierServer(tf.Module):
 
     def describe(self):
         return [
-            f"model: SequenceClassifier on a {self.backbone_class}, labels {self.labels}",
+            f"model: SequenceClassifier on a {self.backbone_class}, labels {list(self.labels)}",
             f"tokenizer: {self.tokenizer_kind} (runs in the graph)",
             f"classify: each text's first {self.max_length} tokens are used (as in fine-tuning)",
         ]

@@ -27,16 +27,28 @@ def save_module(server, export_dir):
 
 def describe_signatures(server):
     """Lines documenting each signature's inputs and outputs with dtypes and shapes."""
+    signatures = server.signatures()
     lines = []
-    for name, function in server.signatures().items():
-        concrete = function.get_concrete_function()
-        doc = "the same function as generate" if name == "serving_default" else ""
-        lines.append(f"signature {name!r}" + (f" ({doc})" if doc else ""))
+    for name, function in signatures.items():
+        same = [other for other, f in signatures.items() if f is function and other != name]
+        lines.append(f"signature {name!r}" + (f" (the same function as {same[0]!r})" if same else ""))
         for spec in function.input_signature:
             lines.append(f"  input  {spec.name:<16} {spec.dtype.name:<8} {_shape(spec.shape)}")
-        for key, tensor in sorted(concrete.structured_outputs.items()):
+        outputs = function.get_concrete_function().structured_outputs
+        for key, tensor in sorted(outputs.items()):
             lines.append(f"  output {key:<16} {tensor.dtype.name:<8} {_shape(tensor.shape)}")
     return lines
+
+
+def example_call(server):
+    """A Python call of the first named (non-default) signature, with TensorFlow only."""
+    name, function = [(n, f) for n, f in server.signatures().items() if n != "serving_default"][0]
+    examples = {tf.string: "['Hello']", tf.float32: "0.0", tf.int32: "16"}
+    args = []
+    for spec in function.input_signature:
+        value = examples[spec.dtype] if spec.shape.rank != 2 else "[[5, 6, 7]]"
+        args.append(f"{spec.name}=tf.constant({value})")
+    return f"m = tf.saved_model.load(PATH); m.signatures[{name!r}]({', '.join(args)})"
 
 
 def _shape(shape):
@@ -62,9 +74,7 @@ def write_readme(server, export_dir):
         "",
         *describe_signatures(server),
         "",
-        "Python: m = tf.saved_model.load(PATH); m.signatures['generate'](prompt=tf.constant(['Hi']), "
-        "max_new_tokens=tf.constant(20), temperature=tf.constant(0.0), top_k=tf.constant(0), "
-        "top_p=tf.constant(1.0), seed=tf.constant(0))",
+        f"Python: {example_call(server)}",
     ]
     (export_dir / README_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
