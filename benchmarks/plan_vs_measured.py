@@ -44,13 +44,23 @@ class StepTimer(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.ends = []
+        self.durations = []  # begin -> end of each train step (no validation, checkpoints, fit restarts)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._begin = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
         self.ends.append(time.perf_counter())
+        self.durations.append(self.ends[-1] - self._begin)
 
 
 def timed_run(recipe, steps, eval_every, eval_steps, workdir):
-    """Runs `recipe` for `steps` steps; returns (seconds of steps 2..steps, tokens in them, wall, config)."""
+    """Runs `recipe` for `steps` steps.
+
+    Returns:
+        (seconds from the end of step 1 to the end of the last step, seconds inside those train
+        steps only, tokens in them, whole wall time, config).
+    """
     overrides = [f"train.max_steps={steps}", f"train.eval_interval={eval_every}",
                  f"train.checkpoint_every={eval_every}", "sample.max_new_tokens=1"]
     if eval_steps:
@@ -61,7 +71,7 @@ def timed_run(recipe, steps, eval_every, eval_steps, workdir):
     pretrain(config, Path(workdir) / recipe, restart=True, log=lambda *a: None, verbose=0, callbacks=[timer])
     wall = time.perf_counter() - started
     tokens = (len(timer.ends) - 1) * config.train.batch_size * config.model.block_size
-    return timer.ends[-1] - timer.ends[0], tokens, wall, config
+    return timer.ends[-1] - timer.ends[0], sum(timer.durations[1:]), tokens, wall, config
 
 
 def main(argv=None):
@@ -79,16 +89,17 @@ def main(argv=None):
             steps = max(4, int(RECIPES.get(recipe, 200) * args.scale))
             cal_steps = min(args.calibration_steps, steps)
             peak = max([peak] + [measure_peak_flops.__wrapped__("float32") for _ in range(3)])
-            cal_seconds, cal_tokens, _, config = timed_run(recipe, cal_steps, cal_steps, 1, workdir)
+            _, cal_seconds, cal_tokens, _, config = timed_run(recipe, cal_steps, cal_steps, 1, workdir)
             fpt = flops_per_token(config.model)
             mfu = fpt * cal_tokens / (cal_seconds * peak)
-            seconds, tokens, wall, config = timed_run(recipe, steps, steps // 2, 0, workdir)
+            seconds, step_seconds, tokens, wall, config = timed_run(recipe, steps, steps // 2, 0, workdir)
             predicted = plan(config.model, devices="1xCPU", tokens=tokens, global_batch=config.train.batch_size,
                              mfu=mfu, peak_flops=peak, measure_cpu=False)["time"]["seconds"]
             rows.append(dict(recipe=recipe, parameters=count_params(config.model)["total"], flops_per_token=fpt,
                              steps=steps, tokens=tokens, peak=peak, mfu=mfu,
                              predicted_seconds=predicted, measured_seconds=seconds,
-                             ratio=predicted / seconds, wall_seconds=wall))
+                             ratio=predicted / seconds, step_seconds=step_seconds,
+                             ratio_steps=predicted / step_seconds, wall_seconds=wall))
             print(f"{recipe}: MFU {mfu:.3f}, predicted {predicted:.1f} s, measured {seconds:.1f} s", flush=True)
     for row in rows:
         others = [r["mfu"] for r in rows if r is not row]
@@ -99,12 +110,14 @@ def main(argv=None):
 
     print()
     header = (f"{'recipe':<23}{'params':>10}{'MFLOP/tok':>10}{'steps':>7}{'peak GF/s':>10}{'MFU':>7}"
-              f"{'predicted s':>12}{'measured s':>11}{'ratio':>7}{'LOO ratio':>10}{'run wall s':>11}")
+              f"{'predicted s':>12}{'measured s':>11}{'ratio':>7}{'in steps s':>11}{'ratio':>7}{'LOO ratio':>10}"
+              f"{'run wall s':>11}")
     print(header)
     for r in rows:
         print(f"{r['recipe']:<23}{r['parameters']:>10,}{r['flops_per_token'] / 1e6:>10.2f}{r['steps']:>7}"
               f"{r['peak'] / 1e9:>10.0f}{r['mfu']:>7.3f}{r['predicted_seconds']:>12.1f}{r['measured_seconds']:>11.1f}"
-              f"{r['ratio']:>7.2f}{r.get('ratio_leave_one_out', float('nan')):>10.2f}{r['wall_seconds']:>11.1f}")
+              f"{r['ratio']:>7.2f}{r['step_seconds']:>11.1f}{r['ratio_steps']:>7.2f}"
+              f"{r.get('ratio_leave_one_out', float('nan')):>10.2f}{r['wall_seconds']:>11.1f}")
     Path(args.output).write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=2))
     print(f"\nwrote {args.output}")
 
