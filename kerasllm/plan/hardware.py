@@ -77,8 +77,10 @@ _ALIASES = {
     "tpu-v5p": "TPUv5p", "cpu": "CPU",
 }
 
-# MFU of our Keras training step on this kind of host CPU, measured by
-# benchmarks/plan_vs_measured.py (achieved model FLOP/s / measured float32 matmul peak).
+# MFU of our Keras training step on this kind of 2-core host (model FLOP/s / ~300 GFLOP/s fp32
+# matmul peak, /work/shared/MEASURED.md step times): nanoGPT's CPU config 40-88 ms/step ->
+# 0.15-0.33; baby GPT 1.3-1.4 s/step -> ~0.5. Small models sit lower; pass a measured --mfu
+# (benchmarks/plan_vs_measured.py) for a precise estimate.
 CPU_DEFAULT_MFU = 0.30
 
 
