@@ -261,6 +261,8 @@ def pretrain(config, output_dir, restart=False, log=print, verbose="auto", callb
         ),
     ]
 
+    if placement.kind == "multi_worker":
+        _prebuild_for_multi_worker(model, placement, val_ds)
     history = {}
     if step >= train.max_steps:
         log(f"already trained to step {step} (train.max_steps = {train.max_steps}); use --restart to start over")
@@ -335,6 +337,34 @@ def pretrain(config, output_dir, restart=False, log=print, verbose="auto", callb
         metrics["val_bits_per_char"] = metrics["val_bits_per_token"]
     write_json_atomic(run_dir / METRICS_FILE, metrics)
     return model, tokenizer, metrics
+
+
+def _prebuild_for_multi_worker(model, placement, dataset):
+    # Keras' fit() builds metrics from the first distributed batch averaged with
+    # strategy.reduce("MEAN"), which MultiWorkerMirroredStrategy cannot do for int32 token ids
+    # (TF 2.21 / Keras 3.15: "Attempt to convert a value (PerReplica...)"): build from one local
+    # batch instead and skip that step.
+    with placement.strategy.scope():
+        model._symbolic_build(data_batch=next(iter(dataset)))
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    # The same Keras averages each step's scalar logs with reduce("MEAN", v, axis=0), which
+    # fails on scalars ("Invalid reduction dimension 0"): average them over replicas instead.
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    original = tf_trainer.reduce_per_replica
+    if getattr(original, "kerasllm_patched", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
+            return keras.tree.map_structure(
+                lambda v: strategy.reduce("MEAN", v, axis=None) if tf_trainer._is_per_replica_instance(v) else v,
+                values,
+            )
+        return original(values, strategy, reduction)
+
+    reduce_per_replica.kerasllm_patched = True
+    tf_trainer.reduce_per_replica = reduce_per_replica
 
 
 def _flops(config, train, placement, log):
