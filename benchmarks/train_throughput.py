@@ -31,6 +31,7 @@ import tensorflow as tf  # noqa: E402
 from kerasllm.config import ModelConfig, TrainConfig  # noqa: E402
 from kerasllm.data import encode_documents, lm_dataset  # noqa: E402
 from kerasllm.models import build_model  # noqa: E402
+from kerasllm.plan.hardware import measure_peak_flops  # noqa: E402
 from kerasllm.tokenizers import CharTokenizer  # noqa: E402
 from kerasllm.training.optimizers import build_optimizer  # noqa: E402
 
@@ -62,19 +63,6 @@ def keras_hub_stack(vocab, n_layer, n_head, n_embd, block_size):
     return keras.Model(inputs, keras.layers.Dense(vocab)(x))
 
 
-def measure_peak(n=2048, repeats=7):
-    a = tf.random.normal((n, n))
-    b = tf.random.normal((n, n))
-    matmul = tf.function(lambda x, y: tf.matmul(x, y))
-    matmul(a, b).numpy()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        matmul(a, b).numpy()
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times)
-
-
 def rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -100,7 +88,7 @@ def main():
     tokenizer = CharTokenizer.train([text])
     ids = encode_documents(tokenizer, [text])
     vocab = tokenizer.vocabulary_size
-    peak = measure_peak()
+    peak = measure_peak_flops.__wrapped__(repeats=7)
     print(f"fp32 matmul peak (TF, n=2048, median): {peak / 1e9:.0f} GFLOP/s")
     results = {"peak_flops": peak, "configs": {}}
 
@@ -139,7 +127,8 @@ def main():
 
         peaks = []
         for r in range(args.rounds):
-            peaks.append(measure_peak())  # interleaved, so MFU uses the peak of the same moments
+            # interleaved and uncached, so MFU uses the peak of the same moments
+            peaks.append(measure_peak_flops.__wrapped__(repeats=7))
             for variant, entry in models.items():
                 timer = StepTimer()
                 timer.times = []
