@@ -7,6 +7,7 @@ probabilities for heat-maps, "use the shared corpora when they are there") live 
     from kerasllm.notebook import LiveLossPlot, resolve_corpus, run_directory
 """
 
+import io
 import math
 import os
 import sys
@@ -262,14 +263,24 @@ class LiveLossPlot(keras.callbacks.Callback):
         axes.legend(loc="upper right")
         return figure
 
+    def png(self):
+        """The loss plot as PNG bytes."""
+        buffer = io.BytesIO()
+        self.figure().savefig(buffer, format="png", dpi=90)
+        return buffer.getvalue()
+
     def draw(self):
         if self._display is None or not self.history["step"]:
             return
-        figure = self.figure()
+        # PNG bytes rather than the Figure: a Figure only renders once pyplot's inline backend
+        # has registered its formatter, which has not happened before the first pyplot figure.
+        from IPython.display import Image
+
+        image = Image(data=self.png(), format="png")
         if self._handle is None:
-            self._handle = self._display(figure, display_id=True)
+            self._handle = self._display(image, display_id=True)
         else:
-            self._handle.update(figure)
+            self._handle.update(image)
 
 
 class TimeBudget(keras.callbacks.Callback):

@@ -172,6 +172,7 @@ def test_live_loss_plot_recovers_per_step_losses_from_running_means():
     axes = plot.figure().axes[0]
     assert axes.get_xlabel() == "optimizer step" and "nats" in axes.get_ylabel()
     assert axes.get_title().startswith("t - step 6")
+    assert plot.png().startswith(b"\x89PNG")
 
 
 def test_time_budget_does_not_count_the_first_step():
