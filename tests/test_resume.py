@@ -15,11 +15,10 @@ import sys
 import time
 
 import keras
-
-import kerasllm.models  # noqa: F401  (registers GPT for load_model)
 import numpy as np
 import pytest
 
+import kerasllm.models  # noqa: F401  (registers GPT for load_model)
 from conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow

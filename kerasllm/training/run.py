@@ -16,7 +16,6 @@ Running again into a directory that holds a checkpoint resumes from it, mid-epoc
 with the same batches, learning rate and dropout randomness as an uninterrupted run.
 """
 
-import dataclasses
 import json
 import math
 import signal
@@ -408,7 +407,7 @@ def sample_text(model, tokenizer, sample, jit_compile=True):
     prompt_ids = tokenizer.encode(sample.prompt)
     ids = generator.generate(
         [prompt_ids], max_new_tokens=sample.max_new_tokens, temperature=sample.temperature,
-        top_k=sample.top_k, seed=sample.seed,
+        top_k=min(sample.top_k, tokenizer.vocabulary_size), seed=sample.seed,  # tiny vocabularies
     )
     return tokenizer.decode(ids[0])
 
