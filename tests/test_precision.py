@@ -28,6 +28,7 @@ def test_precision_scope_restores_the_global_policy():
     assert keras.config.dtype_policy().name == before
 
 
+@pytest.mark.slow  # 10-35 s each depending on host load (one traced fit per policy)
 @pytest.mark.parametrize(
     "policy, compute", [("float32", "float32"), ("mixed_bfloat16", "bfloat16"), ("mixed_float16", "float16")]
 )
