@@ -119,8 +119,16 @@ class Tokenizer:
         names = sorted(self.special_tokens, key=len, reverse=True)
         return "|".join(re.escape(name) for name in names)
 
+    # Kinds whose tokenization is a TF op anyway encode in Python through `tf_encode`: one
+    # call per text, however many special tokens it holds.
+    encode_in_graph = False
+
     def encode(self, text):
         """Encodes one string to a 1-D int32 numpy array of ids."""
+        if self.encode_in_graph:
+            import tensorflow as tf
+
+            return self.tf_encode(tf.constant(text, tf.string)).numpy().astype(np.int32)
         if not any(name in text for name in self.special_tokens):
             return np.asarray(self._encode_text(text), dtype=np.int32)
         parts, position = [], 0
@@ -135,6 +143,11 @@ class Tokenizer:
 
     def encode_batch(self, texts):
         """Encodes a list of strings to a list of int32 arrays."""
+        if self.encode_in_graph and len(texts):
+            import tensorflow as tf
+
+            ids = self.tf_encode(tf.constant(list(texts), tf.string))
+            return [np.asarray(row, np.int32) for row in ids.numpy()]
         return [self.encode(text) for text in texts]
 
     def _encode_text(self, text):
@@ -176,18 +189,20 @@ class Tokenizer:
 
         texts = tf.convert_to_tensor(texts, tf.string)
         scalar = texts.shape.rank == 0
-        batch = tf.reshape(texts, [-1])
+        # Line by line (each line keeps its "\n"): regex splitting is superlinear in the
+        # length of one string, and no token spans a newline's end.
+        lines = split_lines(tf.reshape(texts, [-1]))
         pattern = self._special_regex()
-        pieces = tf_text.regex_split(batch, pattern, keep_delim_regex_pattern=pattern)
+        pieces = tf_text.regex_split(lines.flat_values, pattern, keep_delim_regex_pattern=pattern)
         flat = pieces.flat_values
-        special_table = self._special_table()
-        special = special_table.lookup(flat)
+        special = self._special_table().lookup(flat)
         is_special = special >= 0
         plain = tf.cast(self._tf_encode_text(flat), tf.int32)
         plain = tf.ragged.boolean_mask(plain, plain.with_flat_values(tf.gather(~is_special, plain.value_rowids())))
         specials = tf.ragged.boolean_mask(special[:, None], is_special[:, None])
         per_piece = tf.concat([plain, specials], axis=1)
-        ids = pieces.with_flat_values(per_piece).merge_dims(1, 2)
+        per_line = pieces.with_flat_values(per_piece).merge_dims(1, 2)
+        ids = lines.with_flat_values(per_line).merge_dims(1, 2)
         return ids[0] if scalar else ids
 
     def _special_table(self):
@@ -290,3 +305,21 @@ def as_ragged(ids):
 
     # keras-hub returns a dense tensor when every row has the same length.
     return ids if isinstance(ids, tf.RaggedTensor) else tf.RaggedTensor.from_tensor(ids)
+
+
+def lines_of(text):
+    """Python twin of `split_lines`: the lines of `text`, each keeping its "\n"."""
+    parts = text.split("\n")
+    return [part + "\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+
+
+def split_lines(texts):
+    """Splits a 1-D string tensor into ragged [n, lines] lines, each keeping its "\n"."""
+    import tensorflow as tf
+
+    lines = tf.strings.split(texts, "\n")
+    lengths = lines.row_lengths()
+    position = tf.range(tf.size(lines.flat_values, out_type=tf.int64)) - tf.repeat(lines.row_starts(), lengths)
+    last = position == tf.repeat(lengths - 1, lengths)
+    values = tf.where(last, lines.flat_values, tf.strings.join([lines.flat_values, "\n"]))
+    return lines.with_flat_values(values)

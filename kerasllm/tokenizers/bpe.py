@@ -11,6 +11,7 @@ from kerasllm.tokenizers.base import (
     Tokenizer,
     as_ragged,
     graph_call,
+    lines_of,
     register_tokenizer,
 )
 
@@ -90,12 +91,9 @@ class BPETokenizer(Tokenizer):
         return len(self.vocabulary)
 
     def _encode_text(self, text):
-        return np.asarray(self._hf.encode(text).ids, np.int32)
-
-    def encode_batch(self, texts):
-        if any(name in text for text in texts for name in self.special_tokens):
-            return super().encode_batch(texts)
-        return [np.asarray(e.ids, np.int32) for e in self._hf.encode_batch(list(texts))]
+        # Line by line, as tf_encode does (keras-hub's pre-split is superlinear in line length).
+        encoded = self._hf.encode_batch(lines_of(text))
+        return np.asarray([i for e in encoded for i in e.ids], np.int32)
 
     def _decode_ids(self, ids):
         return self._hf.decode([int(i) for i in ids], skip_special_tokens=False).replace("<unk>", "\ufffd")

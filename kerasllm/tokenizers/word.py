@@ -41,6 +41,8 @@ class WordTokenizer(Tokenizer):
     'the\\ufffd'
     """
 
+    encode_in_graph = True
+
     def __init__(self, vocabulary, special_tokens=DEFAULT_SPECIAL_TOKENS):
         super().__init__(special_tokens)
         vocabulary = [w for w in vocabulary if w not in self.special_tokens]
@@ -89,15 +91,6 @@ class WordTokenizer(Tokenizer):
     @property
     def vocabulary_size(self):
         return len(self.vocabulary)
-
-    def encode_batch(self, texts):
-        if any(name in text for text in texts for name in self.special_tokens):
-            return super().encode_batch(texts)
-        ids = self.tf_encode(tf.constant(list(texts), tf.string))
-        return [np.asarray(row, np.int32) for row in ids.numpy()]
-
-    def _encode_text(self, text):
-        return self._tf_encode_text(tf.constant([text])).flat_values.numpy()
 
     def _decode_ids(self, ids):
         return "".join("\ufffd" if i == self.unk_id else self.vocabulary[i] for i in ids)

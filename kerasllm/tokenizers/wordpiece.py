@@ -38,6 +38,8 @@ class WordPieceTokenizer(Tokenizer):
     'the cat sat'
     """
 
+    encode_in_graph = True
+
     def __init__(self, vocabulary, special_tokens=DEFAULT_SPECIAL_TOKENS, lowercase=False):
         super().__init__(special_tokens)
         vocabulary = list(special_tokens) + [p for p in vocabulary if p not in special_tokens]
@@ -78,15 +80,6 @@ class WordPieceTokenizer(Tokenizer):
     @property
     def vocabulary_size(self):
         return len(self.vocabulary)
-
-    def encode_batch(self, texts):
-        if any(name in text for text in texts for name in self.special_tokens):
-            return super().encode_batch(texts)
-        ids = self._tf_encode_text(tf.constant(list(texts), tf.string))
-        return [np.asarray(row, np.int32) for row in ids.numpy()]
-
-    def _encode_text(self, text):
-        return self._tf_encode_text(tf.constant([text])).flat_values.numpy()
 
     def _decode_ids(self, ids):
         if not len(ids):
