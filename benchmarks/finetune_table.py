@@ -36,7 +36,7 @@ def main():
     rows = [row(r) for r in args.runs]
 
     def fmt(value, spec):
-        return "-" if value is None else format(value, spec)
+        return "-".rjust(int(spec.split(".")[0])) if value is None else format(value, spec)
 
     print(f"{'run':<22} {'val acc':>8} {'test acc':>8} {'val F1':>7} {'trainable':>10} {'params':>9} {'steps':>5} {'wall s':>7}")
     for r in rows:
