@@ -99,11 +99,12 @@ def pretrained(tmp_path_factory):
     rng = np.random.default_rng(0)
     words = {"1": ["good", "great", "superb"], "0": ["bad", "awful", "dull"]}
     lines, rows = [], ["sentence\tlabel"]
-    for _ in range(160):
+    for i in range(600):
         label = str(rng.integers(2))
         text = f"a {rng.choice(words[label])} film"
         lines.append(text + ".")
-        rows.append(f"{text}\t{label}")
+        if i < 160:
+            rows.append(f"{text}\t{label}")
     (root / "corpus.txt").write_text(" ".join(lines))
     (root / "train.tsv").write_text("\n".join(rows) + "\n")
     config = load_config("default", [
