@@ -183,7 +183,11 @@ STANDALONE = textwrap.dedent("""
     import tensorflow as tf
     requests = json.load(open(sys.argv[1]))
     if any(r["text_ops"] for r in requests):
-        import tensorflow_text  # registers the tokenizer ops; imports neither keras nor kerasllm
+        # tensorflow-text's kernels only: `import tensorflow_text` would also import keras.
+        import glob, importlib.util
+        folder = importlib.util.find_spec("tensorflow_text").submodule_search_locations[0]
+        for library in sorted(glob.glob(os.path.join(folder, "python", "ops", "*.so"))):
+            tf.load_op_library(library)
     results = []
     for request in requests:
         model = tf.saved_model.load(request["path"])
