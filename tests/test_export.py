@@ -200,7 +200,9 @@ STANDALONE = textwrap.dedent("""
                 for k, v in out.items()
             }
         results.append({"signatures": sorted(model.signatures.keys()), "outputs": outputs})
-    forbidden = sorted(m for m in sys.modules if m.split(".")[0] in ("kerasllm", "keras", "keras_hub", "tf_keras"))
+    # `import tensorflow` itself imports keras 3 when it is installed (TF >= 2.16), so only
+    # kerasllm and keras-hub can be checked for absence here.
+    forbidden = sorted(m for m in sys.modules if m.split(".")[0] in ("kerasllm", "keras_hub"))
     json.dump({"results": results, "forbidden": forbidden}, open(sys.argv[2], "w"))
 """)
 

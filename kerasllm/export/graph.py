@@ -24,10 +24,13 @@ def tokenizer_resources(tokenizer):
     found, seen = [], set()
 
     def visit(value, depth):
-        if id(value) in seen or depth > 4:
+        if id(value) in seen or depth > 6:
             return
         seen.add(id(value))
-        if isinstance(value, (tf.Variable, tf.Module, tf.__internal__.tracking.Trackable)):
+        # Keras objects (keras-hub tokenizer layers, Keras variables) are looked into, never
+        # saved themselves: reviving them would make the loading process import keras.
+        from_keras = type(value).__module__.split(".")[0] in ("keras", "keras_hub")
+        if not from_keras and isinstance(value, (tf.Variable, tf.Module, tf.__internal__.tracking.Trackable)):
             found.append(value)
         elif isinstance(value, dict):
             for item in value.values():
