@@ -70,7 +70,7 @@ def write_readme(server, export_dir):
         "kerasllm SavedModel for TensorFlow Serving",
         "",
         *server.describe(),
-        f"runtime: {runtime}; no kerasllm, keras or keras-hub needed",
+        f"runtime: {runtime}; no kerasllm or keras-hub needed",
         "",
         *describe_signatures(server),
         "",
