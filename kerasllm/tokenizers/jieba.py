@@ -42,7 +42,8 @@ class JiebaTokenizer(WordTokenizer):
     In TF graphs (`tf_encode`, e.g. an exported SavedModel, where jieba is not available)
     each run of Han characters is segmented by forward maximum matching over this vocabulary
     (tensorflow-text's WordpieceTokenizer with an empty suffix indicator). That agrees with
-    jieba on most words, not on all: train and evaluate through `encode`; serve with the
+    jieba on most words, not on all, and a Han run holding a character outside the vocabulary
+    becomes one `<unk>` (WordPiece semantics): train and evaluate through `encode`; serve with the
     graph version knowing it is an approximation (measured agreement in the tests).
 
     Examples:
