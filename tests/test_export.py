@@ -248,12 +248,17 @@ def test_every_model_and_tokenizer_kind_runs_without_kerasllm(tmp_path, char_tok
     requests, expected = [], []
     texts = [TEXT, "be", ""]
     for name, tok, model in cases:
+        tokens = python_generate(model, tok, PROMPTS, 8, jit_compile=name == "gpt-char")
+        # The graph's text is the tokenizer's in-graph decode of those ids (its agreement with the
+        # Python-side decode is the tokenizer tests' business); computed before any tracing.
+        decoded = [b.decode("utf-8", "replace") for b in tok.tf_decode(tf.constant(tokens)).numpy()]
         path = export_versioned(LanguageModelServer(model, tok), tmp_path / name, log=lambda *a: None)
         assert not [op for op in saved_op_types(path) if op.startswith("Xla")]
         ids = [tok.encode("to be or")[-3:].tolist()]
         requests.append({"path": f"{name}/1", "calls": lm_calls(PROMPTS, texts, ids)})
         expected.append({
-            "tokens": python_generate(model, tok, PROMPTS, 8, jit_compile=name == "gpt-char"),
+            "tokens": tokens,
+            "text": decoded,
             "logits": keras.ops.convert_to_numpy(model(np.array(ids)))[:, -1],
             "score": [reference_score(model, tok, t, model.block_size) if t else (0.0, 0) for t in texts],
             "decode": tok,
@@ -273,10 +278,7 @@ def test_every_model_and_tokenizer_kind_runs_without_kerasllm(tmp_path, char_tok
         assert got["signatures"] == ["generate", "next_token_logits", "score", "serving_default"], name
         out = got["outputs"]
         np.testing.assert_array_equal(out["generate"]["token_ids"], want["tokens"], err_msg=name)
-        # The graph's text is the tokenizer's in-graph decode of those ids (its agreement with the
-        # Python-side decode is the tokenizer tests' business).
-        decoded = [b.decode("utf-8", "replace") for b in tok.tf_decode(tf.constant(want["tokens"])).numpy()]
-        assert out["generate"]["text"] == decoded, name
+        assert out["generate"]["text"] == want["text"], name
         assert np.asarray(out["serving_default"]["token_ids"]).shape == (len(PROMPTS), 8)
         np.testing.assert_allclose(out["next_token_logits"]["logits"], want["logits"], atol=1e-5, err_msg=name)
         for i, (log_likelihood, count) in enumerate(want["score"]):
