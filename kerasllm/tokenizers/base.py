@@ -249,6 +249,16 @@ class Tokenizer:
         payload = json.dumps({"kind": self.kind, "config": self.get_config()}, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
+    def _graph_tables(self):
+        """The tables `_build_tables` returns, built once as eager resources (also when first
+        needed while a `tf.function` or SavedModel signature is being traced)."""
+        if getattr(self, "_tables", None) is None:
+            import tensorflow as tf
+
+            with tf.init_scope():
+                self._tables = self._build_tables()
+        return self._tables
+
     def __repr__(self):
         return f"{type(self).__name__}(vocabulary_size={self.vocabulary_size})"
 

@@ -107,12 +107,6 @@ class CharTokenizer(Tokenizer):
         codepoints = self._id_to_codepoint()[ids]
         return "".join(map(chr, codepoints[codepoints >= 0]))
 
-    def _graph_tables(self):
-        if self._tables is None:
-            with tf.init_scope():  # eager resources, also when first built while tracing
-                self._tables = self._build_tables()
-        return self._tables
-
     def _build_tables(self):
         encode_table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(

@@ -95,12 +95,6 @@ class WordTokenizer(Tokenizer):
     def _decode_ids(self, ids):
         return "".join("\ufffd" if i == self.unk_id else self.vocabulary[i] for i in ids)
 
-    def _graph_tables(self):
-        if self._tables is None:
-            with tf.init_scope():  # eager resources, also when first built while tracing
-                self._tables = self._build_tables()
-        return self._tables
-
     def _build_tables(self):
         words = tf.constant(self.vocabulary)
         encode_table = tf.lookup.StaticHashTable(
