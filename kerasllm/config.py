@@ -109,6 +109,7 @@ class TrainConfig:
     decay_embeddings: bool = _opt(False, "also decay embedding tables (nanoGPT does)")
     beta1: float = _opt(0.9, "Adam beta_1")
     beta2: float = _opt(0.99, "Adam beta_2")
+    epsilon: float = _opt(1e-8, "Adam epsilon (PyTorch's and nanoGPT's 1e-8; Keras' own default is 1e-7)")
     grad_clip: float = _opt(1.0, "clip gradients by global norm; 0: off")
     eval_interval: int = _opt(250, "steps between validation passes (one Keras epoch)")
     eval_steps: int = _opt(20, "validation batches per pass")

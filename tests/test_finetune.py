@@ -9,6 +9,7 @@ import pytest
 from conftest import run_module
 from kerasllm.config import Config
 from kerasllm.errors import ConfigError, DataError
+from kerasllm.models import GPT
 from kerasllm.models.classifier import SequenceClassifier
 from kerasllm.tokenizers import CharTokenizer
 from kerasllm.training.finetune import (
@@ -51,14 +52,37 @@ def test_encode_texts_right_pads_and_truncates():
 
 def test_sft_packing_masks_prompts_and_appends_eos():
     tok = CharTokenizer.train(["abcxyz:"])
-    x, y, w = pack_sft_examples(tok, ["ab:", "c:", "abc:"], ["xy", "z", "xyz"], block_size=12)
+    x, y, w, seg = pack_sft_examples(tok, ["ab:", "c:", "abc:"], ["xy", "z", "xyz"], block_size=12)
     # <bos>ab:xy<eos> (7) + <bos>c:z<eos> (5) fill a 13-token row; the third starts a new row.
-    assert x.shape == y.shape == w.shape == (2, 12)
+    assert x.shape == y.shape == w.shape == seg.shape == (2, 12)
+    assert seg[0].tolist() == [1] * 7 + [2] * 5 and seg[1].tolist() == [1] * 9 + [0] * 3
     np.testing.assert_array_equal(x[:, 1:], y[:, :-1])  # targets are the inputs shifted by one
     scored = [tok.decode(row[m > 0], skip_special_tokens=False) for row, m in zip(y, w)]
     assert scored == ["xy<eos>z<eos>", "xyz<eos>"]
     assert tok.decode(x[0], skip_special_tokens=False).startswith("<bos>ab:xy<eos><bos>c:z")
     assert w[1, -1] == 0 and y[1, -1] == tok.pad_id  # padding is never scored
+
+
+def test_sft_without_packing_gives_one_example_per_row():
+    tok = CharTokenizer.train(["abcxyz:"])
+    x, _, w, seg = pack_sft_examples(tok, ["ab:", "c:"], ["xy", "z"], block_size=12, pack=False)
+    assert x.shape == (2, 12) and set(seg[0]) == {0, 1} and set(seg[1]) == {0, 1}
+
+
+@pytest.mark.parametrize("positions", ["learned", "rope"])
+def test_packed_rows_compute_what_each_example_computes_alone(positions):
+    # Segment ids make attention block-diagonal and restart positions: the logits of each
+    # example inside a packed row equal the logits of that example run on its own.
+    keras.utils.set_random_seed(0)
+    model = GPT(vocab_size=11, block_size=12, n_layer=2, n_head=2, n_embd=16, positions=positions)
+    first, second = np.array([[1, 2, 3, 4, 5]]), np.array([[6, 7, 8, 9]])
+    packed = np.concatenate([first, second, [[0, 0, 0]]], axis=1)  # (1, 12)
+    segments = np.array([[1] * 5 + [2] * 4 + [0] * 3])
+    logits = np.asarray(model({"token_ids": packed, "segment_ids": segments}))
+    np.testing.assert_allclose(logits[:, :5], np.asarray(model(first)), atol=1e-5)
+    np.testing.assert_allclose(logits[:, 5:9], np.asarray(model(second)), atol=1e-5)
+    unsegmented = np.asarray(model(packed))  # without segment ids the second example sees the first
+    assert np.abs(unsegmented[:, 5:9] - logits[:, 5:9]).max() > 1e-3
 
 
 def test_sft_loss_ignores_prompt_tokens_on_a_hand_built_batch():

@@ -31,6 +31,9 @@ class CausalSelfAttention(keras.layers.Layer):
         x: `(batch, time, n_embd)` float tensor.
         cache: optional `(batch, 2, max_length, n_kv_head, head_dim)` key/value cache.
         cache_index: int scalar, position of `x[:, 0]` in the cache.
+        attention_mask: optional bool `(batch, 1, time, time)`: which keys each query may see,
+            replacing the plain causal mask (packed rows: causal *and* same segment).
+        positions: optional int `(batch, time)` RoPE positions (restarting in each segment).
 
     Returns:
         `y` of the shape of `x`, or `(y, updated_cache)` when a cache is given.
@@ -39,7 +42,7 @@ class CausalSelfAttention(keras.layers.Layer):
 
     >>> import numpy as np
     >>> layer = CausalSelfAttention(n_head=4, n_kv_head=2)
-    >>> layer(np.zeros((2, 5, 32), "float32")).shape
+    >>> tuple(layer(np.zeros((2, 5, 32), "float32")).shape)
     (2, 5, 32)
     """
 
@@ -96,7 +99,7 @@ class CausalSelfAttention(keras.layers.Layer):
         self.out_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
         self.built = True
 
-    def call(self, x, cache=None, cache_index=None, training=None):
+    def call(self, x, cache=None, cache_index=None, attention_mask=None, positions=None, training=None):
         batch, time = ops.shape(x)[0], ops.shape(x)[1]
         H, K, D = self.n_head, self.n_kv_head, self.head_dim
         qkv = self.qkv(x)  # (B, T, (H + 2K) * D)
@@ -105,10 +108,12 @@ class CausalSelfAttention(keras.layers.Layer):
         v = ops.reshape(qkv[..., (H + K) * D :], (batch, time, K, D))  # (B, T, K, D)
         start = 0 if cache_index is None else cache_index
         if self.rotary is not None:
-            q = self.rotary(q, start_index=start)
-            k = self.rotary(k, start_index=start)
+            q = self.rotary(q, start_index=start, positions=positions)
+            k = self.rotary(k, start_index=start, positions=positions)
 
-        if cache is None:
+        if cache is None and attention_mask is not None:
+            y = ops.dot_product_attention(q, self._repeat_kv(k), self._repeat_kv(v), mask=attention_mask)
+        elif cache is None:
             y = ops.dot_product_attention(q, self._repeat_kv(k), self._repeat_kv(v), is_causal=True)
         else:
             cache = ops.slice_update(cache, (0, 0, start, 0, 0), ops.stack([k, v], axis=1))

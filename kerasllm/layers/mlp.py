@@ -30,7 +30,7 @@ class MLP(keras.layers.Layer):
     Examples:
 
     >>> import numpy as np
-    >>> MLP(hidden=64, kind="swiglu")(np.zeros((2, 3, 16), "float32")).shape
+    >>> tuple(MLP(hidden=64, kind="swiglu")(np.zeros((2, 3, 16), "float32")).shape)
     (2, 3, 16)
     """
 

@@ -28,13 +28,13 @@ class DecoderBlock(keras.layers.Layer):
 
     Call arguments:
         x: `(batch, time, n_embd)`.
-        cache, cache_index: see `CausalSelfAttention`.
+        cache, cache_index, attention_mask, positions: see `CausalSelfAttention`.
 
     Examples:
 
     >>> import numpy as np
     >>> block = DecoderBlock(n_head=2, mlp_hidden=64)
-    >>> block(np.zeros((1, 4, 16), "float32")).shape
+    >>> tuple(block(np.zeros((1, 4, 16), "float32")).shape)
     (1, 4, 16)
     """
 
@@ -88,9 +88,10 @@ class DecoderBlock(keras.layers.Layer):
             layer.build(input_shape)
         self.built = True
 
-    def call(self, x, cache=None, cache_index=None, training=None):
+    def call(self, x, cache=None, cache_index=None, attention_mask=None, positions=None, training=None):
         if cache is None:
-            x = x + self.attn(self.norm_1(x), training=training)  # (B, T, C)
+            attended = self.attn(self.norm_1(x), attention_mask=attention_mask, positions=positions, training=training)
+            x = x + attended  # (B, T, C)
         else:
             attended, cache = self.attn(self.norm_1(x), cache=cache, cache_index=cache_index, training=training)
             x = x + attended

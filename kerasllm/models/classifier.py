@@ -131,10 +131,7 @@ class SequenceClassifier(keras.Model):
         """Per-token hidden states `(batch, time, width)` of the backbone, without its LM head."""
         b = self.backbone
         if isinstance(b, GPT):
-            x = b._embed(token_ids, training=training)
-            for block in b.blocks:
-                x = block(x, training=training)
-            return b.final_norm(x)
+            return b.features(token_ids, training=training)
         x = b.embedding_dropout(b.token_embedding(token_ids), training=training)
         for lstm, dropout in zip(b.lstms, b.dropouts):
             x = dropout(lstm(x, training=training)[0], training=training)

@@ -36,7 +36,12 @@ class GPT(keras.Model):
         tie_embeddings: the output head reuses the token embedding matrix.
 
     Call arguments:
-        token_ids: int tensor `(batch, time)` with `time <= block_size`.
+        token_ids: int tensor `(batch, time)` with `time <= block_size`, or a dict with
+            `"token_ids"` and optionally `"segment_ids"` (what `fit` passes for packed rows).
+        segment_ids: optional int tensor `(batch, time)` for rows that pack several
+            sequences: a token attends only to earlier tokens of its own segment, and
+            positions restart at 0 where each segment begins, so a packed row computes
+            exactly what its sequences would compute one by one.
 
     Returns:
         float32 logits `(batch, time, vocab_size)`.
@@ -45,7 +50,7 @@ class GPT(keras.Model):
 
     >>> import numpy as np
     >>> model = GPT(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32)
-    >>> model(np.zeros((3, 16), "int32")).shape
+    >>> tuple(model(np.zeros((3, 16), "int32")).shape)
     (3, 16, 50)
     """
 
@@ -113,6 +118,8 @@ class GPT(keras.Model):
         self.final_norm = make_norm(norm, norm_eps, bias, name="final_norm", dtype=self.dtype_policy)
 
     def build(self, input_shape=(None, None)):
+        if isinstance(input_shape, dict):
+            input_shape = input_shape["token_ids"]
         self.token_embedding.build(input_shape)
         hidden_shape = (*input_shape, self.n_embd)
         if self.position_embedding is not None:
@@ -122,10 +129,9 @@ class GPT(keras.Model):
         self.final_norm.build(hidden_shape)
         self.built = True
 
-    def _embed(self, token_ids, start_index=None, training=None):
+    def _embed(self, token_ids, start_index=None, positions=None, training=None):
         x = self.token_embedding(token_ids)  # (B, T, C)
         if self.position_embedding is not None:
-            positions = None
             if start_index is not None:
                 # Gather rather than slice: under XLA a slice at a traced offset recompiles for
                 # every new offset, a gather compiles once.
@@ -137,11 +143,24 @@ class GPT(keras.Model):
         x = self.final_norm(x)
         return ops.cast(self.token_embedding(x, reverse=True), "float32")  # (B, T, V)
 
-    def call(self, token_ids, training=None):
-        x = self._embed(token_ids, training=training)
+    def call(self, token_ids, segment_ids=None, training=None):
+        return self._head(self.features(token_ids, segment_ids, training=training, final_norm=False))
+
+    def features(self, token_ids, segment_ids=None, training=None, final_norm=True):
+        """Hidden states `(batch, time, n_embd)` before the LM head (after the final norm).
+
+        Takes the same inputs as `call`; classifiers and other heads build on this.
+        """
+        if isinstance(token_ids, dict):
+            segment_ids = token_ids.get("segment_ids", segment_ids)
+            token_ids = token_ids["token_ids"]
+        positions = attention_mask = None
+        if segment_ids is not None:
+            positions, attention_mask = segment_layout(segment_ids)
+        x = self._embed(token_ids, positions=positions, training=training)  # (B, T, C)
         for block in self.blocks:
-            x = block(x, training=training)
-        return self._head(x)
+            x = block(x, attention_mask=attention_mask, positions=positions, training=training)
+        return self.final_norm(x) if final_norm else x
 
     # --- cached decoding -------------------------------------------------------------------
     def init_cache(self, batch_size, max_length):
@@ -185,3 +204,32 @@ class GPT(keras.Model):
             tie_embeddings=self.tie_embeddings,
         )
         return config
+
+
+def segment_layout(segment_ids):
+    """Positions and attention mask for rows that pack several sequences.
+
+    Args:
+        segment_ids: int `(batch, time)`; equal ids mark one sequence (contiguous runs).
+
+    Returns:
+        `(positions, mask)`: int32 `(batch, time)` offsets from the start of each token's own
+        segment, and bool `(batch, 1, time, time)`, true where a query may attend to a key
+        (the key is not later and belongs to the same segment).
+
+    Examples:
+
+    >>> import numpy as np
+    >>> positions, mask = segment_layout(np.array([[1, 1, 2, 2, 2]]))
+    >>> np.asarray(positions).tolist()
+    [[0, 1, 0, 1, 2]]
+    >>> np.asarray(mask)[0, 0, 2].tolist()
+    [False, False, True, False, False]
+    """
+    time = ops.shape(segment_ids)[1]
+    index = ops.arange(time, dtype="int32")
+    same = ops.equal(segment_ids[:, :, None], segment_ids[:, None, :])  # (B, T, T)
+    first = ops.min(ops.where(same, index[None, None, :], time), axis=-1)  # (B, T)
+    positions = index[None, :] - ops.cast(first, "int32")
+    causal = index[:, None] >= index[None, :]  # (T, T)
+    return positions, ops.logical_and(same, causal[None])[:, None]

@@ -29,7 +29,7 @@ class LSTMLanguageModel(keras.Model):
 
     >>> import numpy as np
     >>> model = LSTMLanguageModel(vocab_size=50, block_size=16, n_layer=2, n_embd=32)
-    >>> model(np.zeros((3, 16), "int32")).shape
+    >>> tuple(model(np.zeros((3, 16), "int32")).shape)
     (3, 16, 50)
     """
 

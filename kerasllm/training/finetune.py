@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasllm.errors import ConfigError, DataError
-from kerasllm.models import build_model
+from kerasllm.models import GPT, build_model
 from kerasllm.models.classifier import SequenceClassifier, truncate_backbone
 from kerasllm.models.lora import apply_lora, merge_lora
 from kerasllm.training.callbacks import save_model_atomic, write_json_atomic
@@ -99,51 +99,65 @@ def encode_texts(tokenizer, texts, max_length):
     return out
 
 
-def pack_sft_examples(tokenizer, prompts, responses, block_size):
+def pack_sft_examples(tokenizer, prompts, responses, block_size, pack=True):
     """Packs `<bos> prompt response <eos>` examples into rows for next-token training.
 
     Whole examples are placed one after another into rows of `block_size + 1` tokens (an
     example never straddles two rows; one longer than a row is truncated at its end). The loss
     weight of a target is 1 only where the target is a response token or the closing `<eos>`:
-    prompt tokens, `<bos>` and padding never contribute to the loss.
+    prompt tokens, `<bos>` and padding never contribute to the loss. Each example gets its own
+    segment id (1, 2, ... in a row; padding 0): a GPT given them attends only within an example
+    and restarts positions at each one, so packing changes nothing an example computes.
+
+    Args:
+        pack: place several examples in a row; `False` gives one example per row (recurrent
+            models, whose state would otherwise carry from one example into the next).
 
     Returns:
-        `(x, y, weights)`, each `(rows, block_size)`: inputs, next-token targets, loss weights.
+        `(x, y, weights, segment_ids)`, each `(rows, block_size)`: inputs, next-token targets,
+        loss weights and the segment id of each input token.
 
     Examples:
 
     >>> from kerasllm.tokenizers import CharTokenizer
     >>> tok = CharTokenizer.train(["abc"])
-    >>> x, y, w = pack_sft_examples(tok, ["ab"], ["c"], block_size=6)
+    >>> x, y, w, seg = pack_sft_examples(tok, ["ab", "b"], ["c", "a"], block_size=10)
     >>> tok.decode(y[0][w[0] > 0], skip_special_tokens=False)
-    'c<eos>'
+    'c<eos>a<eos>'
+    >>> seg[0].tolist()
+    [1, 1, 1, 1, 1, 2, 2, 2, 2, 0]
     """
     row_length = block_size + 1
-    rows, weights = [], []
-    row, weight = [], []
+    rows, weights, segments = [], [], []
+    row, weight, segment = [], [], []
     for prompt, response in zip(prompts, responses, strict=True):
         prompt_ids = [tokenizer.bos_id, *tokenizer.encode(prompt)]
         response_ids = [*tokenizer.encode(response), tokenizer.eos_id]
         tokens = (prompt_ids + response_ids)[:row_length]
         scored = ([0] * len(prompt_ids) + [1] * len(response_ids))[:row_length]
-        if len(row) + len(tokens) > row_length:
+        if row and (not pack or len(row) + len(tokens) > row_length):
             rows.append(row)
             weights.append(weight)
-            row, weight = [], []
+            segments.append(segment)
+            row, weight, segment = [], [], []
+        segment += [(segment[-1] if segment else 0) + 1] * len(tokens)
         row += tokens
         weight += scored
     if row:
         rows.append(row)
         weights.append(weight)
+        segments.append(segment)
     if not rows:
         raise DataError("no prompt/response examples to train on")
     ids = np.full((len(rows), row_length), tokenizer.pad_id, dtype=np.int32)
     mask = np.zeros((len(rows), row_length), dtype=np.float32)
-    for i, (r, m) in enumerate(zip(rows, weights)):
+    segment_ids = np.zeros((len(rows), row_length), dtype=np.int32)
+    for i, (r, m, g) in enumerate(zip(rows, weights, segments)):
         ids[i, : len(r)] = r
         mask[i, : len(m)] = m
+        segment_ids[i, : len(g)] = g
     # The weight of target t (token t+1) is whether token t+1 belongs to a response.
-    return ids[:, :-1], ids[:, 1:], mask[:, 1:]
+    return ids[:, :-1], ids[:, 1:], mask[:, 1:], segment_ids[:, :-1]
 
 
 def read_prompt_response(path, prompt_field="prompt", response_field="response"):
@@ -185,7 +199,7 @@ def _read_labelled(path, finetune):
 def _dataset(arrays, batch_size, shuffle, seed, trim_pad_id=None):
     ds = tf.data.Dataset.from_tensor_slices(arrays)
     if shuffle:
-        ds = ds.shuffle(len(arrays[0]), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(tf.nest.flatten(arrays)[0]), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     if trim_pad_id is not None:
         ds = ds.map(lambda x, *rest: (_trim_padding(x, trim_pad_id), *rest))
@@ -339,16 +353,18 @@ def finetune(config, from_run, output_dir, log=print, verbose="auto"):
         model = export
     elif ft.task == "sft":
         prompts, responses = read_prompt_response(data, ft.prompt_field, ft.response_field)
-        x, y, w = pack_sft_examples(tokenizer, prompts, responses, max_length)
+        pack = isinstance(backbone, GPT)  # an LSTM's state would leak between packed examples
+        x, y, w, seg = pack_sft_examples(tokenizer, prompts, responses, max_length, pack=pack)
         if val_data:
-            val_x, val_y, val_w = pack_sft_examples(
-                tokenizer, *read_prompt_response(val_data, ft.prompt_field, ft.response_field), max_length
+            val_x, val_y, val_w, val_seg = pack_sft_examples(
+                tokenizer, *read_prompt_response(val_data, ft.prompt_field, ft.response_field), max_length,
+                pack=pack,
             )
         else:
             order = rng.permutation(len(x))
             n_val = max(1, int(len(x) * ft.val_fraction)) if len(x) > 1 else 0
-            val_x, val_y, val_w = x[order[:n_val]], y[order[:n_val]], w[order[:n_val]]
-            x, y, w = x[order[n_val:]], y[order[n_val:]], w[order[n_val:]]
+            val_x, val_y, val_w, val_seg = (a[order[:n_val]] for a in (x, y, w, seg))
+            x, y, w, seg = (a[order[n_val:]] for a in (x, y, w, seg))
         model = backbone
         if ft.lora_rank:
             apply_lora(model, ft.lora_rank, alpha=ft.lora_alpha, targets=ft.lora_targets)
@@ -365,10 +381,17 @@ def finetune(config, from_run, output_dir, log=print, verbose="auto"):
             f"({int(w.sum()):,} response targets); {trainable:,} parameters trainable; {train.max_steps} steps"
         )
         interval = min(train.eval_interval, train.max_steps)
+
+
+        def inputs(ids, segment_ids):
+            return {"token_ids": ids, "segment_ids": segment_ids} if pack else ids
+
         history = model.fit(
-            _dataset((x, y, w), train.batch_size, True, train.seed).repeat(),
+            _dataset((inputs(x, seg), y, w), train.batch_size, True, train.seed).repeat(),
             epochs=math.ceil(train.max_steps / interval), steps_per_epoch=interval,
-            validation_data=_dataset((val_x, val_y, val_w), train.batch_size, False, 0) if len(val_x) else None,
+            validation_data=(
+                _dataset((inputs(val_x, val_seg), val_y, val_w), train.batch_size, False, 0) if len(val_x) else None
+            ),
             callbacks=[keras.callbacks.CSVLogger(str(run_dir / "log.csv"))], verbose=verbose,
         ).history
         model = merge_lora(model) if ft.lora_rank else model

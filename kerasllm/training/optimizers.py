@@ -92,15 +92,19 @@ def build_optimizer(train, model):
         global_clipnorm=train.grad_clip or None,
         gradient_accumulation_steps=train.grad_accum_steps if train.grad_accum_steps > 1 else None,
     )
+    if not train.epsilon > 0:
+        raise ConfigError(f"train.epsilon = {train.epsilon}: expected a positive number")
     if train.optimizer == "sgd":
         if not 0 <= train.momentum < 1:
             raise ConfigError(f"train.momentum = {train.momentum}: expected 0 <= momentum < 1")
         return SGD(momentum=train.momentum, nesterov=train.nesterov, **common)
     if train.optimizer == "adam":
-        return Adam(beta_1=train.beta1, beta_2=train.beta2, **common)
+        return Adam(beta_1=train.beta1, beta_2=train.beta2, epsilon=train.epsilon, **common)
     if train.optimizer != "adamw":
         raise ConfigError(f"train.optimizer = {train.optimizer!r}: expected 'adamw', 'adam' or 'sgd'")
-    optimizer = AdamW(weight_decay=train.weight_decay, beta_1=train.beta1, beta_2=train.beta2, **common)
+    optimizer = AdamW(
+        weight_decay=train.weight_decay, beta_1=train.beta1, beta_2=train.beta2, epsilon=train.epsilon, **common
+    )
     optimizer.exclude_from_weight_decay(var_list=no_decay_variables(model, train.decay_embeddings))
     return optimizer
 
