@@ -141,7 +141,9 @@ class TrainConfig:
         "auto", ["auto", "default", "one_device", "mirrored", "multi_worker", "tpu"],
         "tf.distribute strategy (JAX: keras.distribution); auto: tpu > multi_worker (TF_CONFIG) > mirrored (>1 GPU) > default",
     )
-    model_parallel: int = _opt(1, "JAX backend: devices on the 'model' mesh axis (ModelParallel); 1: DataParallel")
+    model_parallel: int = _opt(
+        1, "JAX backend: devices on the 'model' mesh axis (tensor parallel); plan.layout picks the sharding"
+    )
     keep_best: bool = _opt(True, "also keep checkpoints/best.keras, the checkpoint with the lowest val loss")
     peak_flops: float = _opt(0.0, "peak FLOP/s of the whole accelerator set for MFU; 0: measured once on CPU, else off")
 
@@ -185,17 +187,28 @@ class FinetuneConfig:
 
 @dataclass
 class PlanConfig:
-    """The launch plan of a recipe, read by `python -m kerasllm.recipes.plan --recipe NAME`."""
+    """The launch plan of a recipe, read by `python -m kerasllm.recipes.plan --recipe NAME`.
+
+    `layout` and `remat = "on"` also shape training (`kerasllm.training.pretrain`); `"auto"` is
+    the planner's recommendation at planning time only.
+    """
 
     devices: str = _opt("1xCPU", "COUNTxNAME of the accelerators: 8xH100, 64xA100, 256xv5p, 1xCPU")
     tokens: str = _opt("", "training tokens (10B, 1T); '': train.max_steps x batch_size x block_size")
     mfu: float = _opt(0.0, "assumed model FLOPs utilization; 0: the hardware's default (0.4, CPU measured)")
     layout: str = _choice(
         "auto", ["auto", "data", "fsdp", "tensor", "fsdp+tensor"],
-        "sharding (JAX: kerasllm.plan.sharding.make_distribution); auto: the planner's choice",
+        "weight sharding, planned and used in training (fsdp, tensor, fsdp+tensor need KERAS_BACKEND=jax): "
+        "data replicates, fsdp splits every matrix over all devices, tensor over train.model_parallel "
+        "(> 1) devices, fsdp+tensor both; auto: the planner's choice when planning, in training "
+        "fsdp+tensor if train.model_parallel > 1 else data",
     )
     micro_batch: int = _opt(0, "sequences per device per pass; 0: the largest that fits")
-    remat: str = _choice("auto", ["auto", "on", "off"], "rematerialize each decoder block in the backward pass")
+    remat: str = _choice(
+        "auto", ["auto", "on", "off"],
+        "rematerialize each GPT decoder block in the backward pass; on: in training too (needs "
+        "model.dropout = 0); auto: the planner decides when planning, training runs without",
+    )
     flash_attention: str = _choice("auto", ["auto", "on", "off"], "fused attention (no T x T scores); auto: off on CPU")
 
 

@@ -205,6 +205,7 @@ def test_llama7b_recipe_tiny_dims_trains_on_cpu(tmp_path, shared_data):
         "train.max_steps=40", "train.eval_interval=20", "train.checkpoint_every=20", "train.eval_steps=2",
         "train.warmup_steps=5", "train.learning_rate=3e-3", "train.min_lr=3e-4", "train.model_parallel=1",
         "train.precision=float32", "sample.max_new_tokens=5",
+        'plan.layout="auto"',  # the recipe's fsdp+tensor needs KERAS_BACKEND=jax
     ]
     config = load_config("llama7b_pretrain", overrides)
     model, tokenizer, metrics = pretrain(config, tmp_path / "run", log=lambda *a: None, verbose=0)

@@ -1,4 +1,5 @@
-"""The plan's sharding on 8 host CPU devices (JAX backend): planned layouts, parity, a train step."""
+"""The plan's sharding on 8 host CPU devices (JAX backend): planned layouts, parity, a train step,
+and `pretrain` under `plan.layout = "fsdp"`."""
 
 import os
 import subprocess
@@ -9,6 +10,8 @@ import pytest
 from conftest import REPO_ROOT
 
 SCRIPT = r"""
+import sys
+from pathlib import Path
 import jax, keras, numpy as np
 assert keras.backend.backend() == "jax" and len(jax.devices()) == 8, jax.devices()
 from kerasllm.models import build_model
@@ -75,6 +78,46 @@ xla = cost["flops"] / 128
 formula = flops_per_token(wide, training=False)
 print("forward FLOPs/token: xla", xla, "formula", formula, "ratio", xla / formula)
 assert 0.9 < xla / formula < 1.1, (xla, formula)
+
+from kerasllm.config import Config
+from kerasllm.errors import ConfigError
+from kerasllm.training import pretrain
+from kerasllm.training.distribute import resolve_placement
+
+# plan.layout picks the trainer's distribution; contradictions with train.model_parallel are errors.
+for layout, mp in (("data", 2), ("fsdp", 2), ("tensor", 1), ("fsdp+tensor", 1)):
+    try:
+        resolve_placement("auto", cfg, mp, layout=layout)
+    except ConfigError as error:
+        assert f"plan.layout = {layout!r}" in str(error), error
+    else:
+        raise AssertionError(f"plan.layout = {layout!r} with train.model_parallel = {mp} was accepted")
+assert resolve_placement("auto", cfg, 2, layout="tensor").kind == "tensor (4 data x 2 model)"
+
+# Two FSDP steps of pretrain (with remat): weights split over "batch", each batch too.
+run_dir = Path(sys.argv[1])
+corpus = run_dir / "corpus.txt"
+corpus.write_text(" ".join(rng.choice(["one", "two", "three", "four", "five"], size=3000)) + "\n")
+config = Config.from_dict({
+    "data": {"dataset": str(corpus), "cache": False},
+    "model": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16},
+    "train": {"batch_size": 8, "max_steps": 2, "eval_interval": 2, "eval_steps": 1, "warmup_steps": 1,
+              "peak_flops": 1e12},
+    "plan": {"layout": "fsdp", "remat": "on"},
+})
+seen = []
+class SeeDistribution(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        seen.append(keras.distribution.distribution())
+model, _, metrics = pretrain(config, run_dir / "run", log=lambda *_: None, verbose=0,
+                             callbacks=[SeeDistribution()])
+assert metrics["strategy"] == "fsdp (8 data x 1 model)" and metrics["replicas"] == 8, metrics
+assert np.isfinite(metrics["val_loss"]) and len(seen) == 2
+assert all(isinstance(d, keras.distribution.ModelParallel) and d.device_mesh.shape == (8, 1) for d in seen), seen
+kernel = next(v for v in model.weights if v.path.endswith("block_0/mlp/fc/kernel"))
+assert tuple(kernel.value.sharding.spec)[:1] == ("batch",), kernel.value.sharding
+assert kernel.value.addressable_shards[0].data.shape == (16 // 8, 64)
+print("pretrain fsdp ok")
 print("ok")
 """
 
@@ -86,7 +129,7 @@ def test_planned_sharding_on_8_host_devices(tmp_path):
     script.write_text(SCRIPT)
     env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=8",
                TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
-                            cwd=REPO_ROOT, timeout=600)
+    result = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
+                            env=env, cwd=REPO_ROOT, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")

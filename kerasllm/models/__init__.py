@@ -1,19 +1,28 @@
 """Language models: `GPT` and the `LSTMLanguageModel` baseline."""
 
+import functools
+
+import keras
+
 from kerasllm.errors import ConfigError
 from kerasllm.models.gpt import GPT
 from kerasllm.models.lstm import LSTMLanguageModel
 
 
-def build_model(model_config, vocab_size=None):
+def build_model(model_config, vocab_size=None, remat=False):
     """Builds (and initializes) the model a `ModelConfig` describes.
 
     Args:
         model_config: a `kerasllm.config.ModelConfig`.
         vocab_size: overrides `model_config.vocab_size` (normally the tokenizer's size).
+        remat: rematerialize each GPT decoder block in the backward pass (`plan.remat = "on"`,
+            see `rematerialize_blocks`). GPT only, and only with `model.dropout = 0`.
 
     Returns:
         A built `GPT` or `LSTMLanguageModel`.
+
+    Raises:
+        ConfigError: an invalid option, or `remat` with an LSTM or with dropout.
 
     Examples:
 
@@ -23,6 +32,8 @@ def build_model(model_config, vocab_size=None):
     True
     """
     c = model_config
+    if remat:
+        check_remat(c)
     vocab_size = vocab_size or c.vocab_size
     if not vocab_size:
         raise ConfigError("model.vocab_size is 0 and no tokenizer gave a vocabulary size")
@@ -43,6 +54,8 @@ def build_model(model_config, vocab_size=None):
             rope_theta=c.rope_theta, dropout=c.dropout, bias=c.bias,
             tie_embeddings=c.tie_embeddings,
         )
+        if remat:
+            rematerialize_blocks(model)
     elif c.arch == "lstm":
         model = LSTMLanguageModel(
             vocab_size=vocab_size, block_size=c.block_size, n_layer=c.n_layer, n_embd=c.n_embd,
@@ -54,4 +67,59 @@ def build_model(model_config, vocab_size=None):
     return model
 
 
-__all__ = ["GPT", "LSTMLanguageModel", "build_model"]
+def check_remat(model_config):
+    """Raises `ConfigError` unless `plan.remat = "on"` can apply to the model `model_config` describes."""
+    c = model_config
+    if c.arch != "gpt":
+        raise ConfigError(
+            f"plan.remat = 'on' rematerializes GPT decoder blocks; model.arch = {c.arch!r} has none: "
+            "use plan.remat = 'off' (or 'auto')"
+        )
+    if c.dropout:
+        # The recomputation would draw a new dropout mask (TensorFlow: wrong gradients) or leak
+        # the RNG state out of jax.checkpoint (JAX: UnexpectedTracerError).
+        raise ConfigError(
+            f"plan.remat = 'on' needs model.dropout = 0 (got {c.dropout}): a rematerialized block "
+            "cannot replay its dropout mask in the backward pass"
+        )
+
+
+def rematerialize_blocks(model):
+    """Makes each decoder block of a `GPT` recompute its activations in the backward pass.
+
+    Only each block's input is kept for the backward pass; its attention scores, MLP
+    activations and norms are recomputed there from it (`keras.remat`: `tf.recompute_grad` on
+    TensorFlow, `jax.checkpoint` on JAX), trading about a third more compute for activation
+    memory (see `kerasllm.plan.memory`). Results are unchanged (tested to float32 rounding).
+
+    Only training calls are rematerialized: evaluation and cached generation have no
+    backward pass. Not saved with the model: a loaded model computes without it.
+
+    `keras.RematScope(mode="list_of_layers")` would do this at construction time, but with
+    Keras 3.15 it fails on both backends for these blocks: TensorFlow's `recompute_grad`
+    rejects the keyword arguments (`attention_mask`, `positions`, `training`) inside
+    `tf.function`, and JAX traces them as arrays. So only the hidden states go through
+    `keras.remat` here; the other arguments are closed over.
+
+    Args:
+        model: a `GPT`, before it is first called.
+
+    Returns:
+        `model`.
+    """
+    for block in model.blocks:
+        block.call = _rematerialized(block.call)
+    return model
+
+
+def _rematerialized(call):
+    @functools.wraps(call)
+    def rematerialized_call(x, *args, **kwargs):
+        if not kwargs.get("training") or args or kwargs.get("cache") is not None:
+            return call(x, *args, **kwargs)
+        return keras.remat(lambda hidden: call(hidden, **kwargs))(x)
+
+    return rematerialized_call
+
+
+__all__ = ["GPT", "LSTMLanguageModel", "build_model", "check_remat", "rematerialize_blocks"]

@@ -3,6 +3,8 @@
 The same recipe runs on one CPU, several GPUs, several machines or a TPU by changing
 `train.strategy` only: the model, optimizer and metrics are built in `Placement.scope()`,
 `train.batch_size` is the global batch and Keras splits each batch across the replicas.
+On the JAX backend `plan.layout` (with `train.model_parallel`) also picks how the weights are
+sharded over the devices: replicated, FSDP, tensor parallel or both.
 """
 
 import contextlib
@@ -15,6 +17,7 @@ import keras
 from kerasllm.errors import ConfigError
 
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
+LAYOUTS = ("auto", "data", "fsdp", "tensor", "fsdp+tensor")
 
 
 @dataclasses.dataclass
@@ -32,6 +35,18 @@ class Placement:
     def scope(self):
         if self.strategy is not None:
             return self.strategy.scope()
+        if self.distribution is not None:
+            return self.distribution.scope()
+        return contextlib.nullcontext()
+
+    def fit_scope(self):
+        """The scope `fit` and `evaluate` run in.
+
+        Keras on JAX splits each batch over the mesh's `"batch"` axis, and keeps the planned
+        weight shardings through the jitted step, only while a `keras.distribution` is active;
+        a tf.distribute strategy is captured by the model when it is created, so TensorFlow
+        needs nothing here.
+        """
         if self.distribution is not None:
             return self.distribution.scope()
         return contextlib.nullcontext()
@@ -77,22 +92,54 @@ def _tpu_strategy(log):
     return tf.distribute.TPUStrategy(resolver)
 
 
-def resolve_placement(kind="auto", model_config=None, model_parallel=1, log=print):
-    """Builds the strategy `train.strategy` names (see the module docstring).
+def resolve_placement(kind="auto", model_config=None, model_parallel=1, log=print, layout="auto"):
+    """Builds the strategy `train.strategy` names, sharded as `plan.layout` says.
 
     `auto` picks TPUStrategy when a TPU is configured (`TPU_NAME`) and its resolver succeeds,
     MultiWorkerMirroredStrategy when `TF_CONFIG` names several workers, MirroredStrategy for
     more than one GPU, and the default strategy otherwise. `mirrored` without GPUs mirrors over
-    the logical CPU devices. On the JAX backend the `keras.distribution` API is used instead:
-    `DataParallel` over all devices, or `ModelParallel` with `kerasllm.plan.sharding`'s layout
-    map when `model_parallel > 1`.
+    the logical CPU devices. On the JAX backend the `keras.distribution` API is used instead,
+    over all devices, as `layout` says (`kerasllm.plan.sharding.make_distribution`):
+
+    - "data": `DataParallel` (weights replicated; `model_parallel` must be 1);
+    - "fsdp": `ModelParallel` on a `(n, 1)` mesh, every matrix split along `"batch"`
+      (`model_parallel` must be 1);
+    - "tensor": `ModelParallel` on a `(n / model_parallel, model_parallel)` mesh, matrices
+      split along `"model"` only;
+    - "fsdp+tensor": the same mesh, matrices split along both axes;
+    - "auto": "fsdp+tensor" when `model_parallel > 1`, else "data".
 
     Must be called before TensorFlow runs any op when `TF_CONFIG` is set (multi-worker).
+
+    Args:
+        kind: `train.strategy`, one of `STRATEGIES`.
+        model_config: a `kerasllm.config.ModelConfig` with its vocabulary size set (JAX
+            sharded layouts).
+        model_parallel: `train.model_parallel`, the size of the `"model"` mesh axis (JAX).
+        log: function printing progress lines.
+        layout: `plan.layout`, one of `LAYOUTS`; the TensorFlow strategies are data
+            parallel, so there only "auto" and "data" are accepted.
+
+    Returns:
+        A `Placement`.
+
+    Raises:
+        ConfigError: an unknown strategy or layout, or one the backend, device count or
+            `train.model_parallel` cannot run.
     """
     if kind not in STRATEGIES:
         raise ConfigError(f"train.strategy = {kind!r}: expected one of {', '.join(STRATEGIES)}")
+    if layout not in LAYOUTS:
+        raise ConfigError(f"plan.layout = {layout!r}: expected one of {', '.join(LAYOUTS)}")
+    if model_parallel < 1:
+        raise ConfigError(f"train.model_parallel = {model_parallel}: expected a positive integer")
     if keras.backend.backend() == "jax":
-        return _jax_placement(kind, model_config, model_parallel, log)
+        return _jax_placement(kind, model_config, model_parallel, log, layout)
+    if layout not in ("auto", "data"):
+        raise ConfigError(
+            f"plan.layout = {layout!r}: sharded layouts need the JAX backend (KERAS_BACKEND=jax); "
+            "use 'auto' or 'data' with TensorFlow"
+        )
     if model_parallel != 1:
         raise ConfigError(
             f"train.model_parallel = {model_parallel}: model parallelism needs the JAX backend "
@@ -134,7 +181,26 @@ def resolve_placement(kind="auto", model_config=None, model_parallel=1, log=prin
     )
 
 
-def _jax_placement(kind, model_config, model_parallel, log):
+def _check_layout(layout, model_parallel, kind):
+    if layout in ("data", "fsdp") and model_parallel > 1:
+        raise ConfigError(
+            f"plan.layout = {layout!r} has no model axis, but train.model_parallel = {model_parallel}: "
+            "use train.model_parallel = 1, or plan.layout = 'tensor', 'fsdp+tensor' or 'auto'"
+        )
+    if layout in ("tensor", "fsdp+tensor") and model_parallel == 1:
+        raise ConfigError(
+            f"plan.layout = {layout!r} needs train.model_parallel > 1 (the size of the tensor-parallel "
+            "axis), got 1"
+        )
+    if layout not in ("auto", "data") and kind in ("default", "one_device"):
+        raise ConfigError(
+            f"plan.layout = {layout!r} shards over all devices, but train.strategy = {kind!r} uses one: "
+            "use train.strategy = 'auto'"
+        )
+
+
+def _jax_placement(kind, model_config, model_parallel, log, layout="auto"):
+    _check_layout(layout, model_parallel, kind)
     devices = keras.distribution.list_devices()
     on_cpu = all(d.lower().startswith("cpu") for d in devices)
     if kind in ("default", "one_device") or (len(devices) == 1 and model_parallel == 1):
@@ -142,25 +208,22 @@ def _jax_placement(kind, model_config, model_parallel, log):
     if kind in ("multi_worker", "tpu"):
         log(f"strategy: {kind} is a tf.distribute strategy; on JAX, keras.distribution spans all "
             f"{len(devices)} devices jax.distributed sees")
-    if model_parallel > 1:
-        if len(devices) % model_parallel:
-            raise ConfigError(
-                f"train.model_parallel = {model_parallel} does not divide the {len(devices)} devices"
-            )
-        from kerasllm.plan.sharding import BATCH, MODEL, layout_map
+    if len(devices) % model_parallel:
+        raise ConfigError(
+            f"train.model_parallel = {model_parallel} does not divide the {len(devices)} devices"
+        )
+    from kerasllm.plan.sharding import make_distribution
 
-        mesh = keras.distribution.DeviceMesh(
-            (len(devices) // model_parallel, model_parallel), (BATCH, MODEL), devices
-        )
-        distribution = keras.distribution.ModelParallel(
-            layout_map=layout_map(model_config, mesh), batch_dim_name=BATCH
-        )
-        return Placement(
-            f"model_parallel ({len(devices) // model_parallel} data x {model_parallel} model)",
-            len(devices) // model_parallel, distribution=distribution, on_cpu=on_cpu,
-        )
-    distribution = keras.distribution.DataParallel(devices=devices)
-    return Placement("data_parallel", len(devices), distribution=distribution, on_cpu=on_cpu)
+    strategy = layout if layout != "auto" else "fsdp+tensor" if model_parallel > 1 else "data"
+    distribution = make_distribution(model_config, strategy, model_parallel, devices)
+    if strategy == "data":
+        return Placement("data_parallel", len(devices), distribution=distribution, on_cpu=on_cpu)
+    data = len(devices) // model_parallel
+    # "auto" keeps the name it had before plan.layout was honoured (logs and metrics.json).
+    name = "model_parallel" if layout == "auto" else strategy
+    return Placement(
+        f"{name} ({data} data x {model_parallel} model)", data, distribution=distribution, on_cpu=on_cpu,
+    )
 
 
 def resolve_jit(jit_compile, placement, log=print):

@@ -30,7 +30,7 @@ from kerasllm.data import lm_dataset
 from kerasllm.data.prepare import prepare_lm_data
 from kerasllm.errors import ConfigError, RunError
 from kerasllm.generation import Generator
-from kerasllm.models import build_model
+from kerasllm.models import build_model, check_remat
 from kerasllm.tokenizers import load_tokenizer
 from kerasllm.training.callbacks import (
     Checkpointer,
@@ -101,7 +101,9 @@ def _check_schedule(train):
 def _build(config, placement, policy, vocab_size, jit_compile, seed):
     with precision_scope(policy), placement.scope():
         keras.utils.set_random_seed(seed)
-        model = build_model(config.model, vocab_size=vocab_size)
+        # Only "on" rematerializes: "auto" is the planner's choice at planning time, and the
+        # planner's answer for this run is not known here.
+        model = build_model(config.model, vocab_size=vocab_size, remat=config.plan.remat == "on")
         compile_model(model, config, policy, jit_compile)
         model.optimizer.build(model.trainable_variables)
     return model
@@ -168,10 +170,14 @@ def pretrain(config, output_dir, restart=False, log=print, verbose="auto", callb
     started = time.perf_counter()
     train = config.train
     checkpoint_every = _check_schedule(train)
+    if config.plan.remat == "on":
+        check_remat(config.model)  # before the corpus and tokenizer work, not after
     # tf.distribute's multi-worker strategy must exist before TensorFlow runs any op.
     placement = None
     if keras.backend.backend() != "jax":
-        placement = resolve_placement(train.strategy, model_parallel=train.model_parallel, log=log)
+        placement = resolve_placement(
+            train.strategy, model_parallel=train.model_parallel, log=log, layout=config.plan.layout
+        )
     run_dir = Path(output_dir)
     if placement is not None and not placement.is_chief:
         run_dir = run_dir / f"worker-{placement.worker_index}"
@@ -183,7 +189,9 @@ def pretrain(config, output_dir, restart=False, log=print, verbose="auto", callb
     tokenizer = data.tokenizer
     config.model.vocab_size = tokenizer.vocabulary_size
     if placement is None:
-        placement = resolve_placement(train.strategy, config.model, train.model_parallel, log=log)
+        placement = resolve_placement(
+            train.strategy, config.model, train.model_parallel, log=log, layout=config.plan.layout
+        )
     policy = resolve_precision(train.precision, placement.kind)
     jit_compile = resolve_jit(train.jit_compile, placement, log=log)
     accum = train.grad_accum_steps
@@ -265,7 +273,7 @@ def pretrain(config, output_dir, restart=False, log=print, verbose="auto", callb
     history = {}
     if step >= train.max_steps:
         log(f"already trained to step {step} (train.max_steps = {train.max_steps}); use --restart to start over")
-    with _SigintHandler(interrupt):
+    with _SigintHandler(interrupt), placement.fit_scope():
         # A Ctrl-C checkpoint can sit inside an epoch: first finish that epoch.
         partial = batches % (chunk * accum)
         if partial and step < train.max_steps:
@@ -308,7 +316,8 @@ def pretrain(config, output_dir, restart=False, log=print, verbose="auto", callb
     save_model_atomic(model, run_dir / MODEL_FILE)
     val_loss = history["val_loss"][-1] if history.get("val_loss") else None
     if val_loss is None or state.step % train.eval_interval:
-        val_loss = float(model.evaluate(val_ds, verbose=0))
+        with placement.fit_scope():
+            val_loss = float(model.evaluate(val_ds, verbose=0))
     plot_run(run_dir / LOG_FILE, run_dir / PLOT_FILE, title=f"{config.name}: {parameters:,} parameters")
     steps = state.step
     rates = throughput.rates() if throughput.epochs else {}
