@@ -116,8 +116,11 @@ class CausalSelfAttention(keras.layers.Layer):
         elif cache is None:
             y = ops.dot_product_attention(q, self._repeat_kv(k), self._repeat_kv(v), is_causal=True)
         else:
-            cache = ops.slice_update(cache, (0, 0, start, 0, 0), ops.stack([k, v], axis=1))
-            keys, values = cache[:, 0], cache[:, 1]  # (B, S, K, D)
+            # Update keys and values apart and attend with the updated tensors themselves (not
+            # slices of a re-stacked cache), as keras-hub's cached attention does.
+            keys = ops.slice_update(cache[:, 0], (0, start, 0, 0), k)  # (B, S, K, D)
+            values = ops.slice_update(cache[:, 1], (0, start, 0, 0), v)  # (B, S, K, D)
+            cache = ops.stack([keys, values], axis=1)  # (B, 2, S, K, D)
             max_length = ops.shape(cache)[2]
             # Query at absolute position start + t sees cache slots 0..start + t.
             query_pos = ops.arange(time) + start
