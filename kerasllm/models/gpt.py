@@ -139,14 +139,16 @@ class GPT(keras.Model):
             x = x + self.position_embedding(x, positions=positions)
         return self.embedding_dropout(x, training=training)
 
-    def _head(self, x):
-        x = self.final_norm(x)
+    def _logits(self, x):
         return ops.cast(self.token_embedding(x, reverse=True), "float32")  # (B, T, V)
 
-    def call(self, token_ids, segment_ids=None, training=None):
-        return self._head(self.features(token_ids, segment_ids, training=training, final_norm=False))
+    def _head(self, x):
+        return self._logits(self.final_norm(x))
 
-    def features(self, token_ids, segment_ids=None, training=None, final_norm=True):
+    def call(self, token_ids, segment_ids=None, training=None):
+        return self._logits(self.features(token_ids, segment_ids, training=training))
+
+    def features(self, token_ids, segment_ids=None, training=None):
         """Hidden states `(batch, time, n_embd)` before the LM head (after the final norm).
 
         Takes the same inputs as `call`; classifiers and other heads build on this.
@@ -160,7 +162,7 @@ class GPT(keras.Model):
         x = self._embed(token_ids, positions=positions, training=training)  # (B, T, C)
         for block in self.blocks:
             x = block(x, attention_mask=attention_mask, positions=positions, training=training)
-        return self.final_norm(x) if final_norm else x
+        return self.final_norm(x)
 
     # --- cached decoding -------------------------------------------------------------------
     def init_cache(self, batch_size, max_length):
