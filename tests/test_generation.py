@@ -102,3 +102,66 @@ def test_stop_ids_end_generation(gpt):
     assert stopped[-1] == stop and len(stopped) <= 6
     streamed = np.concatenate(list(generator.stream([[1, 2, 3]], 10, temperature=0, stop_ids=[stop])))
     np.testing.assert_array_equal(streamed, stopped[3:])
+
+
+def _generated_log_likelihood(model, ids, prompt_length):
+    logits = np.asarray(model(np.asarray(ids, "int32")[None]), np.float64)[0]
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    return sum(logp[t - 1, ids[t]] for t in range(prompt_length, len(ids)))
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+def test_beam_scores_are_length_penalized_log_likelihoods(gpt, length_penalty):
+    """Scores = log p(generated) / n_generated ** penalty, best first; beams end at stop ids."""
+    generator = Generator(gpt)
+    stops = tuple(range(1, 11))  # a third of the vocabulary: beams end at different lengths
+    sequences, scores = generator.beam_search(
+        [[14, 15, 16], [17]], max_new_tokens=6, num_beams=3, length_penalty=length_penalty, stop_ids=stops
+    )
+    assert scores.shape == (2, 3)
+    for row, n in zip(range(2), (3, 1)):
+        assert np.all(np.diff(scores[row]) <= 1e-9)
+        for beam, score in zip(sequences[row], scores[row]):
+            new = beam[n:]
+            assert 1 <= len(new) <= 6
+            assert not np.isin(new[:-1], stops).any()
+            assert len(new) == 6 or new[-1] in stops
+            expected = _generated_log_likelihood(gpt, beam, n) / len(new) ** length_penalty
+            np.testing.assert_allclose(score, expected, atol=1e-4)
+
+
+def test_beam_search_with_ragged_prompts_equals_one_row_at_a_time(gpt):
+    """A longer row's prompt tokens are forced and unscored while shorter rows already search."""
+    generator = Generator(gpt)
+    both, both_scores = generator.beam_search([[4, 5, 6, 7], [8]], max_new_tokens=5, num_beams=3)
+    for row, prompt in enumerate([[4, 5, 6, 7], [8]]):
+        alone, alone_scores = generator.beam_search([prompt], max_new_tokens=5, num_beams=3)
+        for a, b in zip(both[row], alone[0]):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(both_scores[row], alone_scores[0], atol=1e-5)
+
+
+def test_bad_beam_arguments(gpt):
+    generator = Generator(gpt)
+    with pytest.raises(ValueError, match="num_beams=1"):
+        generator.beam_search([[1]], 4, num_beams=1)
+    with pytest.raises(ValueError, match="block_size"):
+        generator.beam_search([[1, 2]], 40, num_beams=2)
+
+
+def test_stop_strings_cut_the_text():
+    from kerasllm.tokenizers import CharTokenizer
+
+    tokenizer = CharTokenizer.train(["abcdefgh ij\n"])
+    model = GPT(vocab_size=tokenizer.vocabulary_size, block_size=32, n_layer=1, n_head=2, n_embd=16)
+    generator = Generator(model, tokenizer)
+    full = generator.generate("ab", 20, temperature=1.0, seed=3)
+    new = full[2:]
+    stop = new[4:6]  # a two-character stop string that occurs in this sample
+    cut = generator.generate("ab", 20, temperature=1.0, seed=3, stop=[stop, "never"])
+    assert cut == "ab" + new[: new.index(stop)]
+    one = new[4]  # a one-token stop string also ends the compiled loop early (as a stop id)
+    assert generator.generate("ab", 20, temperature=1.0, seed=3, stop=[one]) == "ab" + new[: new.index(one)]
+    with pytest.raises(ValueError, match="string prompt"):
+        generator.generate([[1, 2]], 5, stop=["x"])

@@ -29,7 +29,7 @@ class CausalSelfAttention(keras.layers.Layer):
 
     Call arguments:
         x: `(batch, time, n_embd)` float tensor.
-        cache: optional `(batch, 2, max_length, n_kv_head, head_dim)` key/value cache.
+        cache: optional `(keys, values)` pair, each `(batch, max_length, n_kv_head, head_dim)`.
         cache_index: int scalar, position of `x[:, 0]` in the cache.
         attention_mask: optional bool `(batch, 1, time, time)`: which keys each query may see,
             replacing the plain causal mask (packed rows: causal *and* same segment).
@@ -116,12 +116,10 @@ class CausalSelfAttention(keras.layers.Layer):
         elif cache is None:
             y = ops.dot_product_attention(q, self._repeat_kv(k), self._repeat_kv(v), is_causal=True)
         else:
-            # Update keys and values apart and attend with the updated tensors themselves (not
-            # slices of a re-stacked cache), as keras-hub's cached attention does.
-            keys = ops.slice_update(cache[:, 0], (0, start, 0, 0), k)  # (B, S, K, D)
-            values = ops.slice_update(cache[:, 1], (0, start, 0, 0), v)  # (B, S, K, D)
-            cache = ops.stack([keys, values], axis=1)  # (B, 2, S, K, D)
-            max_length = ops.shape(cache)[2]
+            keys = ops.slice_update(cache[0], (0, start, 0, 0), k)  # (B, S, K, D)
+            values = ops.slice_update(cache[1], (0, start, 0, 0), v)  # (B, S, K, D)
+            cache = (keys, values)
+            max_length = ops.shape(keys)[1]
             # Query at absolute position start + t sees cache slots 0..start + t.
             query_pos = ops.arange(time) + start
             mask = ops.arange(max_length)[None, :] <= query_pos[:, None]  # (T, S)
