@@ -45,6 +45,16 @@ def test_pretrain_then_generate_end_to_end(tmp_path, corpus, tiny_overrides):
                      "--max-new-tokens", "12", "--seed", "1", "--temperature", "0")
     assert gen.returncode == 0, gen.stderr[-3000:]
     assert gen.stdout.startswith("the ") and len(gen.stdout.rstrip("\n")) == 16
+    new = gen.stdout.rstrip("\n")[4:]
+    stop = new[3:5]
+    stopped = run_module("kerasllm.recipes.generate", "--model", out, "--prompt", "the ", "--max-new-tokens", "12",
+                         "--temperature", "0", "--stop", stop, "--stop", "never")
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert stopped.stdout == "the " + new[: new.index(stop)] + "\n"
+    beams = run_module("kerasllm.recipes.generate", "--model", out, "--prompt", "the ", "--max-new-tokens", "12",
+                       "--num-beams", "3", "--length-penalty", "0.5")
+    assert beams.returncode == 0, beams.stderr[-3000:]
+    assert beams.stdout.startswith("the ") and len(beams.stdout.rstrip("\n")) == 16
 
     # Running the same command again finds the finished checkpoint and does not retrain.
     again = run_module("kerasllm.recipes.pretrain", "--data", corpus, "--output", out,

@@ -266,7 +266,7 @@ class Generator:
         if stop and not isinstance(prompt, str):
             raise ValueError("stop strings need a string prompt (and a tokenizer); use stop_ids for id prompts")
         stopper = StopStrings(stop)
-        stop_ids = tuple(stop_ids) + self._single_token_stops(stopper.stops)
+        stop_ids = tuple(stop_ids) + self.single_token_stops(stopper.stops)
         rows = self._prompt_rows(prompt)
         if num_beams > 1:
             beams, _ = self.beam_search(rows, max_new_tokens, num_beams, length_penalty, stop_ids)
@@ -329,7 +329,8 @@ class Generator:
             scores[i] = row_scores[order]
         return sequences, scores
 
-    def _single_token_stops(self, stops):
+    def single_token_stops(self, stops):
+        """The ids of stop strings that are one token (they can end the loop itself)."""
         if not stops:
             return ()
         if self.tokenizer is None:

@@ -2,6 +2,7 @@
 
     python -m kerasllm.recipes.generate --model RUN_DIR --prompt TEXT [--max-new-tokens N]
                                         [--temperature T] [--top-k K] [--top-p P] [--seed S]
+                                        [--stop TEXT ...] [--num-beams N [--length-penalty A]]
 """
 
 import argparse
@@ -22,6 +23,12 @@ def build_parser():
     parser.add_argument("--top-k", type=int, default=40, help="sample among the k likeliest; 0: all (default 40)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass; 1: off (default 1.0)")
     parser.add_argument("--seed", type=int, default=None, help="random seed for repeatable samples")
+    parser.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                        help="end the text before this string (repeat for several)")
+    parser.add_argument("--num-beams", type=int, default=1,
+                        help="beam search with N beams when N > 1 (deterministic; printed at the end)")
+    parser.add_argument("--length-penalty", type=float, default=1.0,
+                        help="beam search: rank beams by log-probability / length ** A (default 1.0)")
     parser.add_argument("--no-stream", action="store_true", help="print the text at the end instead of as it comes")
     return parser
 
@@ -37,23 +44,34 @@ def main(argv=None):
     if not 0 < args.top_p <= 1:
         raise ConfigError(f"--top-p {args.top_p}: expected a number in (0, 1]")
 
-    from kerasllm.generation import Generator
+    if args.num_beams < 1:
+        raise ConfigError(f"--num-beams {args.num_beams}: expected 1 or more")
+
+    from kerasllm.generation import Generator, StopStrings
     from kerasllm.training import load_run
 
     _, tokenizer, model = load_run(args.model)
     generator = Generator(model, tokenizer)
+    if args.num_beams > 1:
+        text = generator.generate(args.prompt, args.max_new_tokens, num_beams=args.num_beams,
+                                  length_penalty=args.length_penalty, stop=args.stop)
+        sys.stdout.write(text + "\n")
+        return
     prompt_ids = [tokenizer.encode(args.prompt)]
+    stopper = StopStrings(args.stop)
+    stop_ids = generator.single_token_stops(stopper.stops)
     sys.stdout.write(args.prompt)
     pieces = []
     for token in generator.stream(
-        prompt_ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed
+        prompt_ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, stop_ids=stop_ids
     ):
         pieces.append(int(token[0]))
         if not args.no_stream:
-            sys.stdout.write(tokenizer.decode([pieces[-1]]))
+            sys.stdout.write(stopper.feed(tokenizer.decode([pieces[-1]])))
             sys.stdout.flush()
-    if args.no_stream:
-        sys.stdout.write(tokenizer.decode(pieces))
+            if stopper.done:
+                break
+    sys.stdout.write(stopper.cut(tokenizer.decode(pieces)) if args.no_stream else stopper.flush())
     sys.stdout.write("\n")
 
 
