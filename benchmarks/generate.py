@@ -6,8 +6,9 @@ Times are medians of `--repeats` calls after a warm-up call (compilation is repo
 "first token" is the latency of a call that generates one token (prefill + one step).
 
     python benchmarks/generate.py [--repeats 3] [--new-tokens 256]
+    KERAS_BACKEND=jax python benchmarks/generate.py
 
-Writes benchmarks/generate.json.
+Writes benchmarks/generate.json (generate_jax.json on JAX).
 """
 
 import argparse
@@ -48,7 +49,9 @@ def main():
     parser.add_argument("--prompt-length", type=int, default=64)
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--skip-uncached-batch8", action="store_true")
-    parser.add_argument("--out", default=str(Path(__file__).with_name("generate.json")))
+    backend = keras.backend.backend()
+    default_out = "generate.json" if backend == "tensorflow" else f"generate_{backend}.json"
+    parser.add_argument("--out", default=str(Path(__file__).with_name(default_out)))
     args = parser.parse_args()
     s = SHAPE
     keras.utils.set_random_seed(0)
