@@ -95,7 +95,7 @@ class _LoopLimit:
     """
 
     def __init__(self, sampler):
-        self.limit = None  # set while tracing, to the compiled function's `stop_at` input
+        self.limit = None  # set by the compiled loop while tracing: its `stop_at` input
         run_loop = sampler.run_loop
 
         def bounded(cond, body, model=None, loop_vars=None, maximum_iterations=None):
@@ -173,10 +173,11 @@ class Generator:
         return logits[:, 0], state
 
     # --- the compiled loop ----------------------------------------------------------------
-    def _loop_fn(self, sampler):
+    def _loop_fn(self, sampler, limit):
         model = self.model
 
         def run(buffer, mask, start, stop_at, stop_ids):
+            limit.limit = stop_at
             batch = ops.shape(buffer)[0]
             if self.is_gpt:
                 cache = model.init_cache(batch, ops.shape(buffer)[1])
@@ -213,13 +214,12 @@ class Generator:
             generator = getattr(sampler, "seed_generator", None)
 
             def run(buffer, mask, start, stop_at, seed_state):
-                limit.limit = stop_at
                 if generator is None:
-                    return self._loop_fn(sampler)(buffer, mask, start, stop_at, stops)
+                    return self._loop_fn(sampler, limit)(buffer, mask, start, stop_at, stops)
                 # The RNG state is an input, not a captured constant: under jax.jit a captured
                 # state would freeze the samples; as an input, equal seeds repeat and others differ.
                 with keras.StatelessScope(state_mapping=[(generator.state, seed_state)]):
-                    return self._loop_fn(sampler)(buffer, mask, start, stop_at, stops)
+                    return self._loop_fn(sampler, limit)(buffer, mask, start, stop_at, stops)
 
             initial = None if generator is None else np.asarray(generator.state.value)
             self._loops[key] = (sampler, _compile(run, self.jit_compile), initial)
@@ -274,9 +274,10 @@ class Generator:
         else:
             outs = self._generate(rows, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, use_cache)
         if isinstance(prompt, str):
-            text, head = self.tokenizer.decode(outs[0]), self.tokenizer.decode(rows[0])
+            text = self.tokenizer.decode(outs[0])
             if not stopper.stops:
                 return text
+            head = self.tokenizer.decode(rows[0])
             return head + stopper.cut(text[len(head):]) if text.startswith(head) else stopper.cut(text)
         if len({len(o) for o in outs}) == 1:
             return np.stack(outs)
