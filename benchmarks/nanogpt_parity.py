@@ -12,6 +12,8 @@ initializes the weights in nanoGPT's order and draws the same training batches a
   trains on the same batches as the reference; the reference follows Keras' learning-rate
   schedule, so only the implementation differs. Equal computations give equal losses step for
   step (up to float32 rounding) and equal final validation losses.
+* `--mode noise`: for a kerasllm run's model, the spread of that 20-batch estimate around the
+  loss over every validation window.
 
 Full-split losses use non-overlapping windows (as `python -m kerasllm.recipes.evaluate --stride 64`).
 PyTorch is not a kerasllm dependency; this benchmark needs it installed beside kerasllm
@@ -19,6 +21,7 @@ PyTorch is not a kerasllm dependency; this benchmark needs it installed beside k
 
     python benchmarks/nanogpt_parity.py --mode seeds --seeds 1337 1 2 3 4 5 6 7
     python benchmarks/nanogpt_parity.py --mode parity --seeds 1337
+    python benchmarks/nanogpt_parity.py --mode noise --run RUN_DIR
 """
 
 import argparse
@@ -305,17 +308,53 @@ def seeds(args):
     return result
 
 
+def noise(args):
+    """How far one nanoGPT-style estimate (20 random batches of 12 windows) strays from the loss
+    over every validation window, for the model of a kerasllm run directory."""
+    import keras
+    import tensorflow as tf
+    from kerasllm.training.run import load_run, prepare_data
+
+    config, tokenizer, model = load_run(args.run)
+    val = np.asarray(prepare_data(config, tokenizer=tokenizer, log=lambda *a: None).val_ids).astype("int32")
+    block, batch = config.model.block_size, config.train.batch_size
+
+    @tf.function(jit_compile=True)
+    def window_losses(x, y):
+        return keras.ops.mean(keras.losses.sparse_categorical_crossentropy(y, model(x), from_logits=True), axis=1)
+
+    per_window = []  # mean loss of the window starting at each position
+    for first in range(0, len(val) - block, 2048):
+        starts = np.arange(first, min(first + 2048, len(val) - block))
+        x = np.stack([val[s:s + block] for s in starts])
+        y = np.stack([val[s + 1:s + 1 + block] for s in starts])
+        per_window.append(np.asarray(window_losses(x, y)))
+    per_window = np.concatenate(per_window)
+    rng = np.random.default_rng(0)
+    estimates = [per_window[rng.integers(0, len(per_window), 20 * batch)].mean() for _ in range(args.draws)]
+    result = {"mode": "noise", "run": str(args.run), "loss_over_every_window": float(per_window.mean()),
+              "estimates": args.draws, "estimate_mean": float(np.mean(estimates)),
+              "estimate_sd": float(np.std(estimates)),
+              "estimate_5_95_percentiles": [float(v) for v in np.percentile(estimates, [5, 95])]}
+    print(json.dumps(result, indent=2))
+    return result
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mode", choices=("parity", "seeds"), default="parity")
+    parser.add_argument("--mode", choices=("parity", "seeds", "noise"), default="parity")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1337, 1, 2, 3, 4, 5, 6, 7],
                         help="torch seeds (parity uses the first)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--run", type=pathlib.Path, help="noise: a shakespeare_char_cpu run directory")
+    parser.add_argument("--draws", type=int, default=2000, help="noise: estimates drawn")
     args = parser.parse_args()
     if not SHAKESPEARE.exists():
         sys.exit(f"{SHAKESPEARE} not found: set KERASLLM_SHARED_DATA to the folder holding tinyshakespeare/")
     torch.set_num_threads(args.threads)
-    result = parity(args) if args.mode == "parity" else seeds(args)
+    if args.mode == "noise" and args.run is None:
+        sys.exit("--mode noise needs --run RUN_DIR (a shakespeare_char_cpu run directory)")
+    result = {"parity": parity, "seeds": seeds, "noise": noise}[args.mode](args)
     out = HERE / f"nanogpt_{args.mode}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
