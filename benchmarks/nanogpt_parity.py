@@ -15,7 +15,8 @@ initializes the weights in nanoGPT's order and draws the same training batches a
 * `--mode noise`: for a kerasllm run's model, the spread of that 20-batch estimate around the
   loss over every validation window.
 
-Full-split losses use non-overlapping windows (as `python -m kerasllm.recipes.evaluate --stride 64`).
+"Whole split" losses use the non-overlapping windows that fit in the validation split (all but
+its last < 64 targets; `python -m kerasllm.recipes.evaluate --stride 64` also scores that tail).
 PyTorch is not a kerasllm dependency; this benchmark needs it installed beside kerasllm
 (`pip install torch --index-url https://download.pytorch.org/whl/cpu`).
 
@@ -97,11 +98,12 @@ class TorchGPT(nn.Module):
         return self.head(self.final_norm(x))  # (B, T, V)
 
 
-def torch_optimizer(model, lr, weight_decay=0.1, betas=(0.9, 0.99), eps=1e-8):
+def torch_optimizer(model, train):
+    """nanoGPT's AdamW: decoupled weight decay on >= 2-D weights only."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     other = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=train.learning_rate, betas=(train.beta1, train.beta2), eps=train.epsilon)
 
 
 def keras_paths(n_layer):
@@ -120,8 +122,9 @@ def keras_paths(n_layer):
 def copy_torch_weights(torch_model, keras_model):
     """Sets the kerasllm GPT's weights to `TorchGPT`'s (Dense kernels are `(in, out)`, Linear `(out, in)`)."""
     variables = {v.path: v for v in keras_model.weights}
+    paths = keras_paths(len(torch_model.blocks))
     for name, param in torch_model.named_parameters():  # the tied head appears once, as the embedding
-        end = keras_paths(len(torch_model.blocks))[name]
+        end = paths[name]
         matches = [path for path in variables if path.endswith(end)]
         if len(matches) != 1:
             raise KeyError(f"{end}: found {matches} among the Keras weights")
@@ -148,17 +151,19 @@ class NanoGPTData:
         return np.stack([data[s:s + block] for s in starts]), np.stack([data[s + 1:s + 1 + block] for s in starts])
 
     def val_windows(self):
-        """The whole validation split as non-overlapping windows."""
+        """The validation split as non-overlapping windows from its start (the last
+        `(len - 1) % block` targets, under 64 of 111,539, are left out)."""
         val, block = self.splits["val"], self.block
         starts = np.arange((len(val) - 1) // block) * block
         return np.stack([val[s:s + block] for s in starts]), np.stack([val[s + 1:s + 1 + block] for s in starts])
 
 
 class TorchLearner:
+    """The reference with nanoGPT's AdamW groups, `lr_fn(step)` learning rate and clipping."""
+
     def __init__(self, model, train, lr_fn):
         self.model, self.train, self.lr_fn = model, train, lr_fn
-        self.optimizer = torch_optimizer(model, train.learning_rate, train.weight_decay,
-                                         (train.beta1, train.beta2), train.epsilon)
+        self.optimizer = torch_optimizer(model, train)
 
     def step(self, it, x, y):
         for group in self.optimizer.param_groups:
@@ -171,14 +176,14 @@ class TorchLearner:
         self.optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    def loss(self, x, y, batch=256):
-        total = 0.0
+    def summed_loss(self, x, y):
         with torch.no_grad():
-            for i in range(0, len(x), batch):
-                logits = self.model(torch.from_numpy(x[i:i + batch]))
-                total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                               torch.from_numpy(y[i:i + batch]).reshape(-1), reduction="sum"))
-        return total / y.size
+            logits = self.model(torch.from_numpy(x))
+            return float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.from_numpy(y).reshape(-1),
+                                         reduction="sum"))
+
+    def loss(self, x, y):
+        return mean_loss(self.summed_loss, x, y)
 
 
 class KerasLearner:
@@ -190,14 +195,19 @@ class KerasLearner:
     def step(self, it, x, y):
         return float(self.model.train_on_batch(x.astype("int32"), y.astype("int32")))
 
-    def loss(self, x, y, batch=256):
+    def summed_loss(self, x, y):
         import keras
-        total = 0.0
-        for i in range(0, len(x), batch):
-            logits = self.model.predict_on_batch(x[i:i + batch].astype("int32"))
-            total += float(np.sum(keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(
-                y[i:i + batch].astype("int32"), logits, from_logits=True))))
-        return total / y.size
+        logits = self.model.predict_on_batch(x.astype("int32"))
+        return float(np.sum(keras.ops.convert_to_numpy(
+            keras.losses.sparse_categorical_crossentropy(y.astype("int32"), logits, from_logits=True))))
+
+    def loss(self, x, y):
+        return mean_loss(self.summed_loss, x, y)
+
+
+def mean_loss(summed_loss, x, y, batch=256):
+    """Mean per-token loss of windows `x -> y`, `batch` windows per forward pass."""
+    return sum(summed_loss(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)) / y.size
 
 
 def nanogpt_loop(data, learners, train, eval_iters=20, log=None):
