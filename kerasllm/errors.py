@@ -21,3 +21,14 @@ class DataError(KerasLLMError, ValueError):
 
 class RunError(KerasLLMError, RuntimeError):
     """A run directory is missing, incomplete or inconsistent, or training diverged."""
+
+
+class Interrupted(RunError):
+    """Training stopped on SIGINT or SIGTERM after saving a checkpoint.
+
+    `exit_code` is the shell's code for that signal: 130 (SIGINT) or 143 (SIGTERM).
+    """
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)

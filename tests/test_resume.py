@@ -8,6 +8,7 @@ dropout masks (dropout is on).
 """
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -119,10 +120,12 @@ def test_sigkill_then_same_command_resumes_to_the_same_weights(corpus, reference
     assert_same_run(output, reference, step)
 
 
-def test_ctrl_c_saves_a_checkpoint_and_resumes_mid_interval(corpus, reference, tmp_path):
+@pytest.mark.parametrize("sig, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["sigint", "sigterm"])
+def test_a_signal_saves_a_checkpoint_and_resumes_mid_interval(corpus, reference, tmp_path, sig, exit_code):
     output = tmp_path / "run"
-    code, stderr = start_and_interrupt(corpus, output, signal.SIGINT)
-    assert code == 2, stderr[-2000:]
+    code, stderr = start_and_interrupt(corpus, output, sig)
+    assert code == exit_code, stderr[-2000:]
+    assert not list(output.glob("**/*.partial.keras"))
     message = stderr.strip().splitlines()[-1]
     assert message.startswith("error: interrupted at step") and "checkpoint" in message
     result = run(corpus, output)
@@ -136,3 +139,6 @@ def test_ctrl_c_saves_a_checkpoint_and_resumes_mid_interval(corpus, reference, t
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), cwd=REPO_ROOT, timeout=300,
     )
     assert restarted.returncode == 0 and "resuming" not in restarted.stdout
+    # --restart deletes the old run completely: only the new run's checkpoints remain.
+    steps = sorted(json.loads(p.read_text())["step"] for p in (output / "checkpoints").glob("ckpt-*.json"))
+    assert steps and max(steps) == 5, steps

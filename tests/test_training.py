@@ -11,7 +11,8 @@ from kerasllm.config import Config, ModelConfig, TrainConfig
 from kerasllm.errors import ConfigError, RunError
 from kerasllm.models import build_model
 from kerasllm.training import pretrain
-from kerasllm.training.callbacks import LOG_COLUMNS, latest_checkpoint
+from kerasllm.training.callbacks import LOG_COLUMNS
+from kerasllm.training.rundir import RunDir
 from kerasllm.training.optimizers import apply_regularization, build_optimizer, no_decay_variables
 from kerasllm.training.schedules import build_schedule
 
@@ -163,7 +164,7 @@ def test_run_writes_logs_curves_and_checkpoints(tmp_path, text_file):
     checkpoints = sorted(p.name for p in (run / "checkpoints").glob("ckpt-*.keras"))
     assert checkpoints == ["ckpt-0000006.keras", "ckpt-0000008.keras"]
     assert (run / "checkpoints" / "best.keras").is_file()
-    _, info = latest_checkpoint(run)
+    _, info = RunDir(run).latest_checkpoint()
     assert info["step"] == 8 and info["batches"] == 16  # two micro-batches per step
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -185,7 +186,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
                          schedule="constant", warmup_steps=0, learning_rate=1e30, min_lr=0.0, max_steps=20)
     with pytest.raises(RunError, match=r"loss became (nan|inf|-inf) at step \d+") as error:
         pretrain(config, tmp_path / "run", log=lambda *_: None, verbose=0)
-    path, info = latest_checkpoint(tmp_path / "run")
+    path, info = RunDir(tmp_path / "run").latest_checkpoint()
     assert path is not None and str(path) in str(error.value)
     assert math.isfinite(info["loss"])
     bad_step = int(str(error.value).split("at step ")[1].split(";")[0])

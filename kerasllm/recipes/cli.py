@@ -11,7 +11,7 @@ def run_cli(main, argv=None):
         code = main(argv)
     except KerasLLMError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(error, "exit_code", 2))  # Interrupted: 130 (SIGINT) / 143 (SIGTERM)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -41,7 +41,14 @@ def build_parser():
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config value, e.g. --set model.n_layer=6 (repeatable)",
     )
-    parser.add_argument("--restart", action="store_true", help="ignore checkpoints in --output and start over")
+    parser.add_argument(
+        "--restart", action="store_true",
+        help="delete the run in --output (checkpoints, logs, model) and start over",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="allow --output to hold another kind of run (e.g. a fine-tuned classifier); it is deleted first",
+    )
     parser.add_argument("--no-sample", action="store_true", help="skip the generated sample at the end")
     return parser
 
@@ -58,7 +65,7 @@ def main(argv=None):
 
     print(f"kerasllm: recipe {config.name!r} -> {output}")
     started = time.perf_counter()
-    model, tokenizer, metrics = pretrain(config, output, restart=args.restart)
+    model, tokenizer, metrics = pretrain(config, output, restart=args.restart, overwrite=args.overwrite)
     print(
         f"\nval loss {metrics['val_loss']:.4f} (perplexity {metrics['val_perplexity']:.2f}, "
         f"{metrics['val_bits_per_token']:.3f} bits/token) after {metrics['steps']} steps; "

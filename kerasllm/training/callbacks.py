@@ -8,57 +8,21 @@ interrupted one would have seen next.
 """
 
 import csv
-import json
+import dataclasses
 import math
-import os
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
-CHECKPOINT_DIR = "checkpoints"
-LATEST_FILE = "latest.json"
-BEST_FILE = "best.keras"
+from kerasllm.training.optimizers import inner_optimizer
+
 PROGRESS_ONLY_KEYS = ("tokens/s", "last_val_loss")
 LOG_COLUMNS = (
     "step", "loss", "val_loss", "perplexity", "val_perplexity", "learning_rate", "grad_norm",
     "tokens_per_second", "model_flops_per_second", "mfu", "time",
 )
-
-
-def write_json_atomic(path, payload):
-    """Writes JSON so a crash leaves either the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=1, ensure_ascii=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def save_model_atomic(model, path):
-    """`model.save(path)` through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".partial.keras")
-    model.save(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def latest_checkpoint(run_dir):
-    """`(path, info)` of the newest complete checkpoint in `run_dir`, or `(None, None)`.
-
-    `info` is the checkpoint's state: step, data position, RNG and callback states.
-    """
-    latest = Path(run_dir) / CHECKPOINT_DIR / LATEST_FILE
-    if not latest.is_file():
-        return None, None
-    info = json.loads(latest.read_text(encoding="utf-8"))
-    path = latest.parent / info["file"]
-    return (path, info) if path.is_file() else (None, None)
 
 
 def rng_state(model):
@@ -204,9 +168,9 @@ class Checkpointer(keras.callbacks.Callback):
     never checkpointed.
     """
 
-    def __init__(self, run_dir, state, every, keep=2, keep_best=True, stateful=(), guard=None, enabled=True):
+    def __init__(self, run, state, every, keep=2, keep_best=True, stateful=(), guard=None, enabled=True):
         super().__init__()
-        self.folder = Path(run_dir) / CHECKPOINT_DIR
+        self.run = run  # a kerasllm.training.rundir.RunDir
         self.state = state
         self.every = every
         self.keep = max(1, keep)
@@ -244,19 +208,11 @@ class Checkpointer(keras.callbacks.Callback):
             return None
         if self.guard is not None and self.guard.bad_step is not None:
             return None
-        self.folder.mkdir(parents=True, exist_ok=True)
-        name = f"ckpt-{self.state.step:07d}"
-        if self.state.batches % self.state.accum:  # interrupted mid-accumulation
-            name += f"-{self.state.batches % self.state.accum}"
-        save_model_atomic(self.model, self.folder / f"{name}.keras")
-        info = self.info(f"{name}.keras")
-        write_json_atomic(self.folder / f"{name}.json", info)
-        write_json_atomic(self.folder / LATEST_FILE, info)
+        # A name suffix counts the micro-batches of an accumulation interrupted mid-way.
+        path = self.run.checkpoint_path(self.state.step, self.state.batches % self.state.accum)
+        self.run.write_checkpoint(self.model, self.info(path.name), keep=self.keep)
         self.last_saved = self.state.batches
-        for old in sorted(self.folder.glob("ckpt-*.keras"))[: -self.keep]:
-            old.unlink()
-            old.with_suffix(".json").unlink(missing_ok=True)
-        return self.folder / f"{name}.keras"
+        return path
 
     def on_train_batch_end(self, batch, logs=None):
         self.last_loss = float((logs or {}).get("loss", math.nan))
@@ -269,9 +225,7 @@ class Checkpointer(keras.callbacks.Callback):
             self.last_val_loss = float(val_loss)
             if self.enabled and self.keep_best and math.isfinite(val_loss) and val_loss < self.best_val_loss:
                 self.best_val_loss = float(val_loss)
-                self.folder.mkdir(parents=True, exist_ok=True)
-                save_model_atomic(self.model, self.folder / BEST_FILE)
-                write_json_atomic(self.folder / "best.json", self.info(BEST_FILE))
+                self.run.write_best(self.model, self.info(self.run.best_path.name))
         if self.state.batches % (self.every * self.state.accum) == 0:
             self.save()
 
@@ -358,13 +312,9 @@ class RunLog(keras.callbacks.Callback):
             writer.writerows(rows)
 
     def learning_rate(self):
-        from kerasllm.training.optimizers import inner_optimizer
-
         return float(np.asarray(inner_optimizer(self.optimizer).learning_rate))
 
     def grad_norm(self):
-        from kerasllm.training.optimizers import inner_optimizer
-
         variable = getattr(inner_optimizer(self.optimizer), "grad_norm", None)
         return None if variable is None else float(np.asarray(variable))
 
@@ -398,3 +348,97 @@ def read_log(path):
         return []
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
+
+
+@dataclasses.dataclass
+class TrainingCallbacks:
+    """The callbacks of a pretraining run, by role; `ordered()` is the list given to `fit`."""
+
+    state: RunState
+    guard: NaNGuard
+    interrupt: Interrupt
+    throughput: Throughput
+    watchers: dict  # name -> ReduceOnPlateau / EarlyStop (state saved in checkpoints)
+    log: "RunLog"
+    checkpointer: Checkpointer
+    tensorboard: keras.callbacks.Callback
+    extra: list = dataclasses.field(default_factory=list)
+
+    def ordered(self):
+        callbacks = [
+            self.state, self.guard, self.interrupt, self.throughput, *self.watchers.values(),
+            *self.extra, self.log, self.checkpointer, self.tensorboard,
+        ]
+        check_order(callbacks)
+        return callbacks
+
+
+def check_order(callbacks):
+    """Asserts the order the run's callbacks rely on (Keras calls them in list order).
+
+    * `RunState` first: it advances `step`, which every other callback reads, and drops the
+      progress-bar-only keys from the epoch logs before anything logs them.
+    * `Throughput` before `RunLog`: it adds the rates that `RunLog` writes.
+    * `RunLog` before `Checkpointer`: a checkpoint never exists without its log row.
+    * TensorBoard after `RunLog`: it sees the completed logs (learning rate, perplexities).
+
+    Raises:
+        ValueError: naming the rule that `callbacks` breaks.
+    """
+    kinds = [type(c) for c in callbacks]
+
+    def at(kind):
+        return kinds.index(kind) if kind in kinds else None
+
+    if at(RunState) != 0:
+        raise ValueError("RunState must be the first callback (it advances the step the others read)")
+    rules = [
+        (Throughput, RunLog, "Throughput must come before RunLog (RunLog writes its rates)"),
+        (RunLog, Checkpointer, "RunLog must come before Checkpointer (no checkpoint without its log row)"),
+        (RunLog, keras.callbacks.TensorBoard, "RunLog must come before TensorBoard (it completes the logs)"),
+    ]
+    for first, second, message in rules:
+        if at(first) is not None and at(second) is not None and at(first) > at(second):
+            raise ValueError(message)
+
+
+def make_callbacks(run, model, train, state, resume_info=None, flops=(None, None), extra=(), log=print):
+    """Builds the run's callbacks in the order `check_order` requires.
+
+    Args:
+        run: the `RunDir`.
+        model: the compiled model (its optimizer is watched and checkpointed).
+        train: the `TrainConfig`.
+        state: the run's `RunState` (its `batches` is the resume position).
+        resume_info: the resumed checkpoint's info (RNG and callback state), or None.
+        flops: `(flops_per_token, peak_flops)` for the MFU columns.
+        extra: the caller's callbacks (e.g. a live plot), run after the built-in ones.
+        log: printer for plateau / early-stopping messages.
+
+    Returns:
+        `TrainingCallbacks`.
+    """
+    every = train.checkpoint_every or train.eval_interval
+    guard = NaNGuard(state)
+    watchers = {}
+    if train.schedule == "plateau":
+        watchers["plateau"] = ReduceOnPlateau(
+            inner_optimizer(model.optimizer), train.plateau_factor, train.plateau_patience, train.min_lr, log=log
+        )
+    if train.early_stop_patience:
+        watchers["early_stop"] = EarlyStop(state, train.early_stop_patience, log=log)
+    checkpointer = Checkpointer(
+        run, state, every, keep=train.keep_checkpoints, keep_best=train.keep_best, stateful=watchers, guard=guard
+    )
+    checkpointer.set_model(model)
+    if resume_info:
+        checkpointer.restore(resume_info)
+    return TrainingCallbacks(
+        state=state, guard=guard, interrupt=Interrupt(), throughput=Throughput(state, *flops),
+        watchers=watchers, extra=list(extra),
+        log=RunLog(run.log_path, state, model.optimizer, resume_step=state.step, every=math.gcd(train.eval_interval, every)),
+        checkpointer=checkpointer,
+        tensorboard=keras.callbacks.TensorBoard(
+            log_dir=str(run.tensorboard_dir), update_freq=train.log_every or "epoch", write_graph=False
+        ),
+    )

@@ -19,10 +19,12 @@ from kerasllm.errors import ConfigError, DataError
 from kerasllm.models import GPT, build_model
 from kerasllm.models.classifier import SequenceClassifier, truncate_backbone
 from kerasllm.models.lora import apply_lora, merge_lora
-from kerasllm.training.callbacks import save_model_atomic, write_json_atomic
+from kerasllm.training.rundir import save_model_atomic, write_json_atomic
 from kerasllm.training.metrics import classification_report, confusion_matrix
 from kerasllm.training.optimizers import build_optimizer
-from kerasllm.training.run import CONFIG_FILE, METRICS_FILE, MODEL_FILE, TOKENIZER_DIR, load_run
+from kerasllm.training.rundir import RunDir, load_run
+
+CONFIG_FILE, METRICS_FILE, MODEL_FILE, TOKENIZER_DIR = "config.toml", "metrics.json", "model.keras", "tokenizer"
 
 FINETUNE_FILE = "finetune.json"
 

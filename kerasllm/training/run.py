@@ -1,61 +1,42 @@
-"""A pretraining run, end to end: data -> tokenizer -> model -> fit -> run directory.
+"""A pretraining run, end to end, in phases: resolve -> open the run -> data -> build or resume
+-> fit (one `model.fit` per `StepPlan` fit) -> finish.
 
-Run directory layout (`--output`, by default `saved_models/<recipe name>`):
-
-    config.toml          the resolved config
-    tokenizer/           the trained tokenizer
-    checkpoints/         ckpt-<step>.keras (model + optimizer) with ckpt-<step>.json (step,
-                         data position, RNG and callback state), latest.json, best.keras
-    logs/                TensorBoard event files
-    log.csv              one row per evaluation / checkpoint boundary
-    curves.png           train/val loss and learning rate against step
-    model.keras          the final model
-    metrics.json         final losses, throughput and sizes
-
-Running again into a directory that holds a checkpoint resumes from it, mid-epoch included,
-with the same batches, learning rate and dropout randomness as an uninterrupted run.
+The run directory's layout is `kerasllm.training.rundir.RunDir`'s. Running again into a
+directory that holds a checkpoint resumes from it, mid-epoch included, with the same batches,
+learning rate and dropout randomness as an uninterrupted run. A resume must use the same model,
+tokenizer and data settings (`[model]`, `[data]`: a difference is an error naming the keys);
+`[train]` settings may change, e.g. `max_steps` (train longer), `learning_rate` or `grad_clip`
+(after a NaN), `eval_interval`, `checkpoint_every`, `keep_checkpoints` — with the schedule's
+end (`lr_decay_steps`, 0: `max_steps`) moving with `max_steps`.
 """
 
+import copy
+import dataclasses
+import hashlib
 import json
 import math
 import signal
-import threading
 import time
-from pathlib import Path
 
 import keras
 
-from kerasllm.config import Config
 from kerasllm.data import lm_dataset
 from kerasllm.data.prepare import prepare_lm_data
-from kerasllm.errors import ConfigError, RunError
+from kerasllm.errors import ConfigError, Interrupted, RunError
 from kerasllm.generation import Generator
 from kerasllm.models import build_model, check_remat
 from kerasllm.tokenizers import load_tokenizer
-from kerasllm.training.callbacks import (
-    Checkpointer,
-    EarlyStop,
-    Interrupt,
-    NaNGuard,
-    ReduceOnPlateau,
-    RunLog,
-    RunState,
-    Throughput,
-    latest_checkpoint,
-    save_model_atomic,
-    write_json_atomic,
-)
+from kerasllm.training.callbacks import RunState, make_callbacks
 from kerasllm.training.distribute import resolve_jit, resolve_placement
 from kerasllm.training.optimizers import apply_regularization, build_optimizer, inner_optimizer
 from kerasllm.training.plots import plot_run
 from kerasllm.training.precision import precision_scope, resolve_precision, wrap_for_policy
+from kerasllm.training.rundir import RunDir, load_keras_model, load_run  # noqa: F401 (load_run re-exported)
+from kerasllm.training.signals import GracefulStop
+from kerasllm.training.step_plan import StepPlan
 
-CONFIG_FILE = "config.toml"
-TOKENIZER_DIR = "tokenizer"
-MODEL_FILE = "model.keras"
-METRICS_FILE = "metrics.json"
-LOG_FILE = "log.csv"
-PLOT_FILE = "curves.png"
+# [data] keys that do not change which tokens a run sees.
+DATA_KEYS_FREE_ON_RESUME = ("cache", "cache_dir")
 
 
 def prepare_data(config, tokenizer=None, log=print):
@@ -109,11 +90,18 @@ def _build(config, placement, policy, vocab_size, jit_compile, seed):
     return model
 
 
-def _restore_into(model, path, policy):
+def _restore_into(model, path, policy, placement):
     """Copies weights and optimizer state of the checkpoint at `path` into `model`."""
-    with precision_scope(policy):
-        saved = keras.models.load_model(path, compile=True)
-    model.set_weights(saved.get_weights())
+    with precision_scope(policy), placement.scope():
+        saved = load_keras_model(path, compile=True)
+        try:
+            model.set_weights(saved.get_weights())
+        except ValueError as error:
+            raise RunError(f"{path}: its weights do not fit this model ({error}); use --restart") from None
+        _restore_optimizer(model, saved, path)
+
+
+def _restore_optimizer(model, saved, path):
     new, old = model.optimizer.variables, saved.optimizer.variables
     if len(new) != len(old) or any(tuple(a.shape) != tuple(b.shape) for a, b in zip(new, old)):
         raise RunError(
@@ -125,37 +113,17 @@ def _restore_into(model, path, policy):
         variable.assign(value)
 
 
-class _SigintHandler:
-    """Turns the first Ctrl-C into a graceful stop (checkpoint, then exit); a second one
-    interrupts at once."""
-
-    def __init__(self, interrupt):
-        self.interrupt = interrupt
-        self.previous = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.interrupt.request()
-        signal.signal(signal.SIGINT, self.previous or signal.default_int_handler)
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-
-
-def pretrain(config, output_dir, restart=False, log=print, verbose="auto", callbacks=()):
+def pretrain(config, output_dir, restart=False, overwrite=False, log=print, verbose="auto", callbacks=()):
     """Trains a language model as `config` says and writes a run directory.
 
     Args:
-        config: a `kerasllm.config.Config`.
+        config: a `kerasllm.config.Config` (not modified: the run works on a resolved copy).
         output_dir: the run directory; a checkpoint there is resumed unless `restart`.
             Under multi-worker training, workers other than the chief write into
             `output_dir/worker-<index>`.
-        restart: ignore existing checkpoints and start over.
+        restart: delete the run in `output_dir` (checkpoints, logs, model) and start over.
+        overwrite: allow `output_dir` to hold another kind of run (e.g. a classifier), which is
+            deleted first.
         log: function printing progress lines.
         verbose: Keras `fit` verbosity.
         callbacks: extra Keras callbacks for `fit` (e.g. `kerasllm.notebook.LiveLossPlot`).
@@ -164,171 +132,266 @@ def pretrain(config, output_dir, restart=False, log=print, verbose="auto", callb
         `(model, tokenizer, metrics)`.
 
     Raises:
-        RunError: the loss became NaN/Inf (the message names the step and the last good
-            checkpoint), or the run was interrupted with Ctrl-C (after saving a checkpoint).
+        RunError: the directory is in use, holds another run, or does not match the config;
+            the loss became NaN/Inf (the message names the step and the last good checkpoint).
+        Interrupted: SIGINT or SIGTERM stopped the run (after saving a checkpoint).
     """
     started = time.perf_counter()
-    train = config.train
-    checkpoint_every = _check_schedule(train)
-    if config.plan.remat == "on":
-        check_remat(config.model)  # before the corpus and tokenizer work, not after
-    # tf.distribute's multi-worker strategy must exist before TensorFlow runs any op.
-    placement = None
-    if keras.backend.backend() != "jax":
-        placement = resolve_placement(
-            train.strategy, model_parallel=train.model_parallel, log=log, layout=config.plan.layout
+    config = _resolve(config)
+    placement = _early_placement(config, log)  # a multi-worker strategy must exist before any TF op
+    with _open_run(output_dir, placement, replace=restart or overwrite) as run:
+        resume = None if restart else _find_resume(run, config, log)
+        data = prepare_data(config, tokenizer=resume and resume["tokenizer"], log=log)
+        config = _with_vocabulary(config, data.tokenizer)
+        placement, policy, model = _setup(config, placement, log)
+        if resume:
+            _restore_into(model, resume["path"], policy, placement)
+            log(f"resuming from {resume['path']} at step {resume['info']['step']} (batch {resume['info']['batches']})")
+        else:
+            _start(run, config, data)
+        state = _run_state(config, resume)
+        plan = StepPlan(config.train.max_steps, config.train.eval_interval, config.train.checkpoint_every,
+                        config.train.grad_accum_steps, state.batches)
+        train_ds, val_ds = _datasets(config, data)
+        cbs = make_callbacks(
+            run, model, config.train, state, resume and resume["info"],
+            flops=_flops(config, config.train, placement, log), extra=callbacks, log=log,
         )
-    run_dir = Path(output_dir)
-    if placement is not None and not placement.is_chief:
-        run_dir = run_dir / f"worker-{placement.worker_index}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+        _describe(config, model, plan, log)
+        history, signum = _fit(model, plan, train_ds, val_ds, cbs, placement, verbose)
+        _check_outcome(run, cbs, config, resume, signum)
+        metrics = _finish(run, config, model, data.tokenizer, history, cbs, val_ds, placement, policy, started)
+    return model, data.tokenizer, metrics
 
-    path, info = (None, None) if restart else latest_checkpoint(run_dir)
-    tokenizer = load_tokenizer(run_dir / TOKENIZER_DIR) if path is not None else None
-    data = prepare_data(config, tokenizer=tokenizer, log=log)
-    tokenizer = data.tokenizer
-    config.model.vocab_size = tokenizer.vocabulary_size
+
+def _resolve(config):
+    """A checked copy of `config`: the run never changes the caller's object."""
+    config = copy.deepcopy(config)
+    _check_schedule(config.train)
+    if config.plan.remat == "on":
+        check_remat(config.model)
+    return config
+
+
+def _early_placement(config, log):
+    if keras.backend.backend() == "jax":
+        return None  # resolved with the model config in `_setup` (the layout needs it)
+    train = config.train
+    return resolve_placement(train.strategy, model_parallel=train.model_parallel, log=log, layout=config.plan.layout)
+
+
+class _open_run:
+    """Creates and locks the run directory (chief or worker), refuses a run of another kind
+    unless `replace`, which clears it first; a run that fails before writing anything leaves
+    no empty directory behind."""
+
+    def __init__(self, output_dir, placement, replace):
+        run = RunDir(output_dir)
+        if placement is not None and not placement.is_chief:
+            run = RunDir(run.path / f"worker-{placement.worker_index}")
+        self.run, self.replace, self.created = run, replace, not run.path.exists()
+
+    def __enter__(self):
+        self.run.lock()
+        try:
+            self.run.claim("lm", overwrite=self.replace, what="pretrain")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self.run
+
+    def __exit__(self, kind, error, traceback):
+        self.run.unlock()
+        if error is not None and self.created and [p.name for p in self.run.path.iterdir()] == [".lock"]:
+            (self.run.path / ".lock").unlink()
+            self.run.path.rmdir()
+
+
+def _find_resume(run, config, log):
+    """The newest intact checkpoint to resume from, with the run's tokenizer; None for a new run.
+
+    Raises:
+        RunError: the run was made with other `[model]` or `[data]` settings (named).
+    """
+    path, info = run.latest_checkpoint(log=log)
+    if path is None:
+        return None
+    if run.config_path.is_file():
+        from kerasllm.config import load_config
+
+        saved = load_config(str(run.config_path))
+        differences = _differences(saved, config)
+        if differences:
+            raise RunError(
+                f"{run.path}: cannot resume: " + "; ".join(differences) + ". Use --restart to start "
+                "over in this directory (or --set the old values back, or another --output)"
+            )
+    tokenizer = load_tokenizer(run.tokenizer_dir)
+    recorded = run.identity().get("fingerprints", {}).get("tokenizer")
+    if recorded and recorded != tokenizer.fingerprint():
+        raise RunError(f"{run.tokenizer_dir}: differs from the tokenizer this run was trained with; use --restart")
+    return {"path": path, "info": info, "tokenizer": tokenizer}
+
+
+def _differences(saved, config):
+    """`section.key is X here but Y in the run` for the [model] and [data] keys that differ."""
+    found = []
+    for section in ("model", "data"):
+        old, new = dataclasses.asdict(getattr(saved, section)), dataclasses.asdict(getattr(config, section))
+        for key, value in new.items():
+            if section == "model" and key == "vocab_size" or key in DATA_KEYS_FREE_ON_RESUME:
+                continue
+            if key in old and old[key] != value:
+                found.append(f"{section}.{key} is {value!r} here but {old[key]!r} in the run")
+    return found
+
+
+def _with_vocabulary(config, tokenizer):
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, vocab_size=tokenizer.vocabulary_size))
+
+
+def _start(run, config, data):
+    """Writes what a new run is: its tokenizer, config and fingerprints."""
+    data.tokenizer.save(run.tokenizer_dir)
+    config.save(run.config_path)
+    run.record("lm", **_fingerprints(config, data.tokenizer))
+
+
+def _fingerprints(config, tokenizer):
+    def digest(payload):
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    data = {k: v for k, v in dataclasses.asdict(config.data).items() if k not in DATA_KEYS_FREE_ON_RESUME}
+    return {"model": digest(dataclasses.asdict(config.model)), "tokenizer": tokenizer.fingerprint(), "data": digest(data)}
+
+
+def _setup(config, placement, log):
+    """Placement, precision and the compiled model (weights initialised from `train.seed`)."""
+    train = config.train
     if placement is None:
         placement = resolve_placement(
             train.strategy, config.model, train.model_parallel, log=log, layout=config.plan.layout
         )
     policy = resolve_precision(train.precision, placement.kind)
     jit_compile = resolve_jit(train.jit_compile, placement, log=log)
-    accum = train.grad_accum_steps
-    micro_batch = train.batch_size // accum
+    micro_batch = train.batch_size // train.grad_accum_steps
     if micro_batch % placement.replicas:
         raise ConfigError(
             f"train.batch_size = {train.batch_size} (micro-batch {micro_batch}) must be divisible by "
             f"the {placement.replicas} replicas of {placement.kind}"
         )
     log(f"{placement.describe()}; precision {policy}; global batch {train.batch_size}"
-        + (f" in {accum} micro-batches of {micro_batch}" if accum > 1 else ""))
+        + (f" in {train.grad_accum_steps} micro-batches of {micro_batch}" if train.grad_accum_steps > 1 else ""))
+    model = _build(config, placement, policy, config.model.vocab_size, jit_compile, train.seed)
+    return placement, policy, model
 
-    model = _build(config, placement, policy, tokenizer.vocabulary_size, jit_compile, train.seed)
-    if path is not None:
-        with placement.scope():
-            _restore_into(model, path, policy)
-        log(f"resuming from {path} at step {info['step']} (batch {info['batches']})")
-    else:
-        tokenizer.save(run_dir / TOKENIZER_DIR)
-    config.save(run_dir / CONFIG_FILE)
-    batches = info["batches"] if info else 0
-    step = batches // accum
 
-    block = config.model.block_size
-    state = RunState(batches, accum, tokens_per_batch=micro_batch * block, max_steps=train.max_steps)
-    # Validation windows are spread evenly over the whole split (not its first pages), so
-    # eval_steps batches estimate the loss of all of it.
+def _run_state(config, resume):
+    train = config.train
+    micro_batch = train.batch_size // train.grad_accum_steps
+    return RunState(
+        resume["info"]["batches"] if resume else 0, train.grad_accum_steps,
+        tokens_per_batch=micro_batch * config.model.block_size, max_steps=train.max_steps,
+    )
+
+
+def _datasets(config, data):
+    """`(train_ds(start_batch), val_ds)`: the shuffled training stream from a data position,
+    and validation windows spread evenly over the whole split (not its first pages), so
+    `eval_steps` batches estimate the loss of all of it."""
+    train, block = config.train, config.model.block_size
     val_stride = max(block, (len(data.val_ids) - block - 1) // max(1, train.eval_steps * train.batch_size))
     val_ds = lm_dataset(
         data.val_ids, block, train.batch_size, stride=val_stride, shuffle=False, repeat=False,
         max_batches=train.eval_steps, name="validation",
     )
 
-    def train_ds(skip):  # the same shuffled stream every time; a resumed run skips what it saw
+    def train_ds(start_batch):  # the same shuffled stream every time; a resumed run skips what it saw
         return lm_dataset(
-            data.train_ids, block, micro_batch, stride=config.data.stride, shuffle=True, repeat=True,
-            seed=config.data.seed, name="train", start_batch=skip,
+            data.train_ids, block, train.batch_size // train.grad_accum_steps, stride=config.data.stride,
+            shuffle=True, repeat=True, seed=config.data.seed, name="train", start_batch=start_batch,
         )
 
-    parameters = model.count_params()
+    return train_ds, val_ds
+
+
+def _describe(config, model, plan, log):
+    train, block = config.train, config.model.block_size
     log(
-        f"model: {type(model).__name__} with {parameters:,} parameters "
+        f"model: {type(model).__name__} with {model.count_params():,} parameters "
         f"({config.model.n_layer} layers, {config.model.n_embd} wide, context {block}); "
         f"{train.max_steps} steps of {train.batch_size} x {block} tokens, validation every "
-        f"{train.eval_interval}, checkpoint every {checkpoint_every}"
+        f"{train.eval_interval}, checkpoint every {plan.every}"
     )
+    if plan.done:
+        log(f"already trained to step {plan.step} (train.max_steps = {train.max_steps}); use --restart to start over")
 
-    # One Keras epoch is `chunk` optimizer steps, so checkpoints (every `checkpoint_every`) and
-    # validation (every `eval_interval`, via validation_freq) both fall on epoch ends.
-    chunk = math.gcd(train.eval_interval, checkpoint_every)
-    guard, interrupt = NaNGuard(state), Interrupt()
-    stateful = {}
-    if train.schedule == "plateau":
-        stateful["plateau"] = ReduceOnPlateau(
-            inner_optimizer(model.optimizer), train.plateau_factor, train.plateau_patience, train.min_lr, log=log
-        )
-    if train.early_stop_patience:
-        stateful["early_stop"] = EarlyStop(state, train.early_stop_patience, log=log)
-    checkpointer = Checkpointer(
-        run_dir, state, checkpoint_every, keep=train.keep_checkpoints, keep_best=train.keep_best,
-        stateful=stateful, guard=guard,
-    )
-    checkpointer.set_model(model)
-    if info:
-        checkpointer.restore(info)
-    throughput = Throughput(state, *_flops(config, train, placement, log))
-    extra_callbacks = list(callbacks)
-    callbacks = [
-        state, guard, interrupt, throughput, *stateful.values(), *extra_callbacks,
-        RunLog(run_dir / LOG_FILE, state, model.optimizer, resume_step=step, every=chunk),
-        checkpointer,  # after RunLog: a checkpoint never exists without its log row
-        keras.callbacks.TensorBoard(
-            log_dir=str(run_dir / "logs"), update_freq=train.log_every or "epoch", write_graph=False
-        ),
-    ]
 
+def _fit(model, plan, train_ds, val_ds, cbs, placement, verbose):
+    """Runs the plan's fits (a resumed partial epoch first).
+
+    Returns:
+        `(history, signum)`: the merged Keras history, and the signal that stopped the run or None.
+    """
     if placement.kind == "multi_worker":
         _prebuild_for_multi_worker(model, placement, val_ds)
     history = {}
-    if step >= train.max_steps:
-        log(f"already trained to step {step} (train.max_steps = {train.max_steps}); use --restart to start over")
-    with _SigintHandler(interrupt), placement.fit_scope():
-        # A Ctrl-C checkpoint can sit inside an epoch: first finish that epoch.
-        partial = batches % (chunk * accum)
-        if partial and step < train.max_steps:
-            ends_on_eval = ((batches // (chunk * accum) + 1) * chunk) % train.eval_interval == 0
-            fit = model.fit(
-                train_ds(batches), epochs=1, steps_per_epoch=chunk * accum - partial,
-                validation_data=val_ds if ends_on_eval else None, callbacks=callbacks,
-                shuffle=False, verbose=verbose,
+    callbacks = cbs.ordered()
+    with GracefulStop(cbs.interrupt) as stop, placement.fit_scope():
+        for fit in plan.fits():
+            if history and (model.stop_training or cbs.state.step >= plan.max_steps):
+                break
+            result = model.fit(
+                train_ds(fit.start_batch), validation_data=val_ds, callbacks=callbacks,
+                shuffle=False, verbose=verbose, **fit.kwargs(),  # the dataset is already shuffled
             )
-            history = fit.history
-        if state.step < train.max_steps and not model.stop_training:
-            fit = model.fit(
-                train_ds(state.batches),
-                epochs=math.ceil(train.max_steps / chunk),
-                initial_epoch=state.step // chunk,
-                steps_per_epoch=chunk * accum,
-                validation_data=val_ds,
-                validation_freq=train.eval_interval // chunk,
-                callbacks=callbacks,
-                shuffle=False,  # the dataset is already shuffled
-                verbose=verbose,
-            )
-            history = {k: history.get(k, []) + v for k, v in fit.history.items()}
+            history = {k: history.get(k, []) + v for k, v in result.history.items()}
+    return history, stop.signum
 
+
+def _check_outcome(run, cbs, config, resume, signum):
+    """Raises on a NaN loss (nothing checkpointed) or a signal (after checkpointing)."""
+    guard, state = cbs.guard, cbs.state
     if guard.bad_step is not None:
-        last, last_info = latest_checkpoint(run_dir)
+        last, last_info = run.latest_checkpoint()
         kept = f"the last good checkpoint is {last} (step {last_info['step']})" if last else "no checkpoint was saved"
         raise RunError(
             f"training loss became {guard.bad_value} at step {guard.bad_step}; stopped, and {kept}. "
             "Lower train.learning_rate, set train.grad_clip, or use train.precision = \"float32\""
         )
-    saved = checkpointer.save()
-    if interrupt.requested:
-        where = saved or latest_checkpoint(run_dir)[0]
-        raise RunError(
+    if resume:  # the config that resumed successfully becomes the run's config
+        config.save(run.config_path)
+    saved = cbs.checkpointer.save()
+    if cbs.interrupt.requested:
+        where = saved or run.latest_checkpoint()[0]
+        raise Interrupted(
             f"interrupted at step {state.step}: checkpoint {where} saved; run the same command "
-            "again to resume, or add --restart to start over"
+            "again to resume, or add --restart to start over",
+            signum or signal.SIGINT,
         )
 
-    save_model_atomic(model, run_dir / MODEL_FILE)
+
+def _finish(run, config, model, tokenizer, history, cbs, val_ds, placement, policy, started):
+    """Saves the model, the final validation loss, the curves and `metrics.json`."""
+    train, block, state = config.train, config.model.block_size, cbs.state
+    run.save_model(model)
     val_loss = history["val_loss"][-1] if history.get("val_loss") else None
     if val_loss is None or state.step % train.eval_interval:
         with placement.fit_scope():
             val_loss = float(model.evaluate(val_ds, verbose=0))
-    plot_run(run_dir / LOG_FILE, run_dir / PLOT_FILE, title=f"{config.name}: {parameters:,} parameters")
-    steps = state.step
-    rates = throughput.rates() if throughput.epochs else {}
+    parameters = model.count_params()
+    plot_run(run.log_path, run.plot_path, title=f"{config.name}: {parameters:,} parameters")
+    rates = cbs.throughput.rates() if cbs.throughput.epochs else {}
+    best = cbs.checkpointer.best_val_loss
+    early_stop = cbs.watchers.get("early_stop")
     metrics = {
         "train_loss": float(history["loss"][-1]) if history.get("loss") else None,
         "val_loss": float(val_loss),
         "val_perplexity": float(math.exp(min(val_loss, 700))),
         "val_bits_per_token": float(val_loss / math.log(2)),
-        "best_val_loss": None if math.isinf(checkpointer.best_val_loss) else checkpointer.best_val_loss,
-        "steps": steps,
-        "tokens_seen": steps * train.batch_size * block,
+        "best_val_loss": None if math.isinf(best) else best,
+        "steps": state.step,
+        "tokens_seen": state.step * train.batch_size * block,
         "tokens_per_second": rates.get("tokens_per_second"),
         "model_flops_per_second": rates.get("model_flops_per_second"),
         "mfu": rates.get("mfu"),
@@ -339,12 +402,12 @@ def pretrain(config, output_dir, restart=False, log=print, verbose="auto", callb
         "strategy": placement.kind,
         "replicas": placement.replicas,
         "precision": policy,
-        "early_stopped_at": stateful["early_stop"].stopped_at if "early_stop" in stateful else None,
+        "early_stopped_at": early_stop.stopped_at if early_stop else None,
     }
     if tokenizer.kind in ("char", "byte"):
         metrics["val_bits_per_char"] = metrics["val_bits_per_token"]
-    write_json_atomic(run_dir / METRICS_FILE, metrics)
-    return model, tokenizer, metrics
+    run.write_json(run.metrics_path, metrics)
+    return metrics
 
 
 def _prebuild_for_multi_worker(model, placement, dataset):
@@ -392,24 +455,6 @@ def _flops(config, train, placement, log):
     return per_token, peak
 
 
-def load_run(run_dir):
-    """Loads `(config, tokenizer, model)` from a run directory written by `pretrain`."""
-    run_dir = Path(run_dir)
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise RunError(f"{run_dir}: not a kerasllm run directory (no {CONFIG_FILE})")
-    from kerasllm.config import load_config
-
-    config = load_config(str(run_dir / CONFIG_FILE))
-    tokenizer = load_tokenizer(run_dir / TOKENIZER_DIR)
-    model_path = run_dir / MODEL_FILE
-    if not model_path.is_file():
-        model_path, _ = latest_checkpoint(run_dir)
-        if model_path is None:
-            raise RunError(f"{run_dir}: no {MODEL_FILE} and no checkpoint to load")
-    model = keras.models.load_model(model_path, compile=False)
-    return config, tokenizer, model
-
-
 def sample_text(model, tokenizer, sample, jit_compile=True):
     """Generates the end-of-run sample described by a `SampleConfig`."""
     generator = Generator(model, tokenizer, jit_compile=jit_compile)
@@ -422,4 +467,4 @@ def sample_text(model, tokenizer, sample, jit_compile=True):
 
 
 def read_metrics(run_dir):
-    return json.loads((Path(run_dir) / METRICS_FILE).read_text(encoding="utf-8"))
+    return RunDir(run_dir).read_metrics()

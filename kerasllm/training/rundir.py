@@ -203,28 +203,34 @@ class RunDir:
         """
         present = self.kind()
         foreign = present is not None and present != kind
-        stray = present is None and self.path.is_dir() and any(
-            p.name not in (".lock",) for p in self.path.iterdir()
-        )
+        stray = present is None and any(not self._ours(p) for p in self._children())
         if (foreign or stray) and not overwrite:
             held = f"a {present} run" if present else "files that are not a kerasllm run"
             raise RunError(
                 f"{self.path}: holds {held}; {what} writes a {kind} run and will not overwrite it. "
                 "Choose another --output, or pass --overwrite to replace it"
             )
-        if foreign or (overwrite and present is not None):
+        if overwrite:
             self.clear()
 
     def clear(self):
         """Deletes every file of the run (not the lock), completely: nothing of it is mixed
         into the next run."""
-        for child in self.path.iterdir() if self.path.is_dir() else ():
-            if child.name == ".lock":
+        for child in self._children():
+            if self._ours(child):
                 continue
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)
             else:
                 child.unlink()
+
+    def _children(self):
+        return list(self.path.iterdir()) if self.path.is_dir() else []
+
+    @staticmethod
+    def _ours(child):
+        """The lock and multi-worker workers' own run directories are never cleared here."""
+        return child.name == ".lock" or (child.is_dir() and child.name.startswith("worker-"))
 
     # --- the writer's lock -----------------------------------------------------------------
     def lock(self):
