@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from conftest import run_module
 from kerasllm.export import ClassifierServer, LanguageModelServer, export_versioned, next_version, sample_tokens
+from kerasllm.errors import RunError
 from kerasllm.export import saving
 from kerasllm.export.graph import saved_op_types
 from kerasllm.generation import Generator
@@ -175,6 +176,25 @@ def test_interrupted_export_leaves_no_version_dir(tmp_path, char_tokenizer, monk
     (tmp_path / "m" / "7").mkdir()
     (tmp_path / "m" / ".tmp-8-x").mkdir()
     assert next_version(tmp_path / "m") == 8
+
+
+def test_concurrent_export_of_one_version_is_one_error_not_an_oserror(tmp_path, char_tokenizer, monkeypatch):
+    server = LanguageModelServer(tiny_lm("lstm", char_tokenizer.vocabulary_size), char_tokenizer)
+
+    def racing(server, export_dir):  # another export finishes version 1 while this one writes
+        (export_dir.parent / "1").mkdir()
+        (export_dir.parent / "1" / "saved_model.pb").write_bytes(b"theirs")
+
+    monkeypatch.setattr(saving, "save_module", racing)
+    monkeypatch.setattr(saving, "write_readme", lambda *a: None)
+    with pytest.raises(RunError, match=r"1: written by another export meanwhile"):
+        export_versioned(server, tmp_path / "m", log=lambda *a: None)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1"]
+    assert (tmp_path / "m" / "1" / "saved_model.pb").read_bytes() == b"theirs"
+    regular = tmp_path / "file"
+    regular.write_text("x")
+    with pytest.raises(RunError, match=str(regular)):
+        export_versioned(server, regular, log=lambda *a: None)
 
 
 # --- the standalone load ------------------------------------------------------------------------

@@ -96,19 +96,32 @@ def export_versioned(server, base_dir, version=None, log=print):
         The `Path` of the version folder.
     """
     base_dir = Path(base_dir)
-    base_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        base_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunError(f"--output {base_dir}: cannot create the export folder ({error.strerror or error})") from None
     version = next_version(base_dir) if version is None else version
     if not isinstance(version, int) or version < 1:
         raise RunError(f"--version {version}: expected a positive integer")
     final = base_dir / str(version)
     if final.exists():
         raise RunError(f"{final} already exists; pass another --version or leave it out for the next free one")
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base_dir))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base_dir))
+    except OSError as error:
+        raise RunError(f"--output {base_dir}: cannot write there ({error.strerror or error})") from None
     try:
         save_module(server, staging)
         write_readme(server, staging)
         os.chmod(staging, 0o755)  # mkdtemp makes it private; a model server may run as another user
         os.rename(staging, final)  # atomic within one file system; fails if `final` appeared meanwhile
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if final.exists():
+            raise RunError(
+                f"{final}: written by another export meanwhile; run again for the next free version"
+            ) from None
+        raise RunError(f"{final}: cannot be written ({error.strerror or error})") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
