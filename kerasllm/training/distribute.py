@@ -14,6 +14,7 @@ import os
 
 import keras
 
+from kerasllm.config import layout_problem
 from kerasllm.errors import ConfigError
 
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
@@ -182,21 +183,9 @@ def resolve_placement(kind="auto", model_config=None, model_parallel=1, log=prin
 
 
 def _check_layout(layout, model_parallel, kind):
-    if layout in ("data", "fsdp") and model_parallel > 1:
-        raise ConfigError(
-            f"plan.layout = {layout!r} has no model axis, but train.model_parallel = {model_parallel}: "
-            "use train.model_parallel = 1, or plan.layout = 'tensor', 'fsdp+tensor' or 'auto'"
-        )
-    if layout in ("tensor", "fsdp+tensor") and model_parallel == 1:
-        raise ConfigError(
-            f"plan.layout = {layout!r} needs train.model_parallel > 1 (the size of the tensor-parallel "
-            "axis), got 1"
-        )
-    if layout not in ("auto", "data") and kind in ("default", "one_device"):
-        raise ConfigError(
-            f"plan.layout = {layout!r} shards over all devices, but train.strategy = {kind!r} uses one: "
-            "use train.strategy = 'auto'"
-        )
+    problem = layout_problem(layout, model_parallel, kind)  # the rule `Config.validate` applies
+    if problem:
+        raise ConfigError(problem)
 
 
 def _jax_placement(kind, model_config, model_parallel, log, layout="auto"):
