@@ -353,23 +353,22 @@ def _rope_needs_even_heads(model):
                 f"got {model.n_embd} / {model.n_head} = {head_size}")
 
 
-GPT_ONLY = ("n_head", "n_kv_head", "mlp_hidden", "bias", "positions", "norm", "mlp", "norm_eps", "rope_theta")
-LSTM_ONLY = ("hidden_size",)
+# GPT features an LSTM would silently ignore. Plain sizes (n_head, bias, norm_eps, ...) are left
+# out: a GPT recipe run with `--set model.arch=lstm` keeps them, harmlessly.
+GPT_FEATURES = ("n_kv_head", "mlp_hidden", "positions", "norm", "mlp")
 
 
-def _architecture_rule(key, arch):
+def _gpt_feature_rule(key):
     @_rule(f"model.{key}", "model.arch")
     def check(model):
         value, default = getattr(model, key), ModelConfig.__dataclass_fields__[key].default
-        if model.arch != arch and value != default:
-            return (f"model.{key} = {value!r} is a {arch.upper()} option, unused with model.arch = "
-                    f"{model.arch!r}: leave it at {default!r} or use model.arch = {arch!r}")
+        if model.arch != "gpt" and value != default:
+            return (f"model.{key} = {value!r} is a GPT option that model.arch = {model.arch!r} does not "
+                    f"use: leave it at {default!r} or use model.arch = 'gpt'")
 
 
-for _key in GPT_ONLY:
-    _architecture_rule(_key, "gpt")
-for _key in LSTM_ONLY:
-    _architecture_rule(_key, "lstm")
+for _key in GPT_FEATURES:
+    _gpt_feature_rule(_key)
 
 
 @_rule("train.min_lr", "train.learning_rate")
@@ -532,9 +531,12 @@ class Config:
         return source
 
     def _where(self, *keys):
-        """`"SOURCE: "` of the key among `keys` set last, or "" when none was set from outside."""
-        set_keys = [key for key in self._sources if key in keys and self.source_of(key)]
-        return f"{self.source_of(set_keys[-1])}: " if set_keys else ""
+        """`"SOURCE: "` of the key among `keys` set last, or "" when none was set from outside
+        or one was changed since (in Python: no file or `--set` is to blame)."""
+        set_keys = [key for key in self._sources if key in keys]
+        if not set_keys or not all(self.source_of(key) for key in set_keys):
+            return ""
+        return f"{self.source_of(set_keys[-1])}: "
 
     def override(self, assignment):
         """Applies one `section.key=value` string; the value is read as a TOML value."""
