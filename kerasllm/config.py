@@ -317,6 +317,34 @@ def _value_problem(key, f, value):
     return f"{key} = {value!r} is out of range; expected {kind} {bounds}"
 
 
+def check_value(key, value):
+    """Raises `ConfigError` unless `value` is within key's (`"section.key"`) choices and range.
+
+    For functions that take one setting as a plain argument (`resolve_placement`), so the
+    rule stays the field's.
+
+    Examples:
+
+    >>> check_value("train.model_parallel", 2)
+    2
+    >>> check_value("model.dropout", 1.5)
+    Traceback (most recent call last):
+        ...
+    kerasllm.errors.ConfigError: model.dropout = 1.5 is out of range; expected a number in [0, 1)
+    """
+    section_name, _, name = key.partition(".")
+    problem = _value_problem(key, SECTIONS[section_name].__dataclass_fields__[name], value)
+    if problem:
+        raise ConfigError(problem)
+    return value
+
+
+def choices_of(key):
+    """The choices of a `"section.key"` field, e.g. `choices_of("train.strategy")`."""
+    section_name, _, name = key.partition(".")
+    return SECTIONS[section_name].__dataclass_fields__[name].metadata["choices"]
+
+
 # --- cross-key rules ---------------------------------------------------------------------------
 # Each rule reads the keys it is registered with and returns a message naming them, or None.
 # It receives the tables those keys live in, in order of first mention. Ranges are checked

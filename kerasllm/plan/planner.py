@@ -268,8 +268,9 @@ def check_counts(**values):
                  vocab_size="--vocab", peak_flops="--peak-flops")
     for key, value in values.items():
         lowest = 0 if key == "micro_batch" else 1
+        kind = "number" if key == "peak_flops" else "integer"
         if value is not None and not value >= lowest:
-            raise ConfigError(f"{flags[key]} {value}: expected {'0 or ' if lowest == 0 else ''}a positive number")
+            raise ConfigError(f"{flags[key]} {value}: expected {'0 or ' if lowest == 0 else ''}a positive {kind}")
 
 
 def _resolve_run(c, count, hardware, tokens, global_batch, seq_len, precision, optimizer, mfu, flash_attention,
