@@ -17,7 +17,13 @@ max_steps = 2000
 ```
 
 Every key is checked: an unknown key or a value of the wrong type is a `ConfigError` naming
-the file (or `--set`), the key and the expected type.
+the file (or `--set`), the key and the expected type. A field's metadata also carries its
+choices or its range (`bounds=">= 1"`, `"[0, 1)"`, shown by `describe_keys`), and the rules
+that tie keys together (`model.n_embd` divisible by `model.n_head`, `train.batch_size` by
+`train.grad_accum_steps`, `plan.remat = "on"` only for a GPT without dropout, ...) live here
+too, as `_rule` functions. `load_config` runs `Config.validate()` after the overrides, before
+anything reads data, so each mistake is one line naming the key and the file or `--set`
+that set it.
 """
 
 import dataclasses
