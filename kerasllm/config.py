@@ -17,10 +17,17 @@ max_steps = 2000
 ```
 
 Every key is checked: an unknown key or a value of the wrong type is a `ConfigError` naming
-the file (or `--set`), the key and the expected type.
+the file (or `--set`), the key and the expected type. A field's metadata also carries its
+choices or its range (`bounds=">= 1"`, `"[0, 1)"`, shown by `describe_keys`), and the rules
+that tie keys together (`model.n_embd` divisible by `model.n_head`, `train.batch_size` by
+`train.grad_accum_steps`, `plan.remat = "on"` only for a GPT without dropout, ...) live here
+too, as `_rule` functions. `load_config` runs `Config.validate()` after the overrides, before
+anything reads data, so each mistake is one line naming the key and the file or `--set`
+that set it.
 """
 
 import dataclasses
+import math
 import os
 import sys
 import typing
@@ -35,104 +42,172 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 from kerasllm.errors import ConfigError
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """The values a numeric key accepts, written `">= 1"`, `"> 0"` or `"[0, 1)"` in the field.
+
+    Examples:
+
+    >>> bounds = Bounds.parse("[0, 1)")
+    >>> bounds.contains(0.0), bounds.contains(1.0), str(bounds)
+    (True, False, 'in [0, 1)')
+    >>> str(Bounds.parse(">= 1"))
+    '>= 1'
+    """
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    @classmethod
+    def parse(cls, text):
+        text = text.strip()
+        if text.startswith((">=", ">")):
+            return cls(low=float(text.lstrip(">=").strip()), low_open=not text.startswith(">="))
+        low, high = (part.strip() for part in text[1:-1].split(","))
+        return cls(float(low), float(high), low_open=text[0] == "(", high_open=text[-1] == ")")
+
+    def contains(self, value):
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return bool(above and below)  # False for NaN
+
+    def __str__(self):
+        if self.high == math.inf:
+            return f"{'>' if self.low_open else '>='} {_number(self.low)}"
+        return (f"in {'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}"
+                f"{')' if self.high_open else ']'}")
+
+
+def _number(value):
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
 def _choice(default, choices, help=""):
     return field(default=default, metadata={"choices": tuple(choices), "help": help})
 
 
-def _opt(default, help=""):
-    return field(default=default, metadata={"help": help})
+def _opt(default, help="", bounds=None):
+    metadata = {"help": help}
+    if bounds is not None:
+        metadata["bounds"] = Bounds.parse(bounds)
+    return field(default=default, metadata=metadata)
+
+
+class _Section:
+    """What every table's dataclass shares: `validate()` of its own keys."""
+
+    def validate(self):
+        """Raises `ConfigError` for the first key out of its choices or range, or rule broken
+        within this table; returns the table.
+
+        Builders that take one table (`build_model(ModelConfig(...))`, `build_schedule`) call
+        this, so a table made in Python is held to the same rules as a recipe file.
+        """
+        name = _SECTION_NAMES[type(self)]
+        for f in dataclasses.fields(self):
+            problem = _value_problem(f"{name}.{f.name}", f, getattr(self, f.name))
+            if problem:
+                raise ConfigError(problem)
+        for keys, sections, check in _RULES:
+            if sections == (name,):
+                problem = check(self)
+                if problem:
+                    raise ConfigError(problem)
+        return self
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(_Section):
     """Architecture of the language model (GPT decoder or LSTM baseline)."""
 
     arch: str = _choice("gpt", ["gpt", "lstm"], "model family")
-    vocab_size: int = _opt(0, "0: the tokenizer's vocabulary size")
-    block_size: int = _opt(128, "context length in tokens")
-    n_layer: int = _opt(4, "decoder blocks (GPT) or stacked LSTM layers")
-    n_head: int = _opt(4, "attention heads")
-    n_kv_head: int = _opt(0, "key/value heads; 0: n_head (multi-head), fewer: grouped-query")
-    n_embd: int = _opt(128, "embedding / residual width")
-    mlp_hidden: int = _opt(0, "MLP hidden width; 0: 4*n_embd (gelu) or 8/3*n_embd rounded (swiglu)")
-    dropout: float = _opt(0.0, "dropout rate on embeddings, residual branches and LSTM outputs")
+    vocab_size: int = _opt(0, "0: the tokenizer's vocabulary size", bounds=">= 0")
+    block_size: int = _opt(128, "context length in tokens", bounds=">= 1")
+    n_layer: int = _opt(4, "decoder blocks (GPT) or stacked LSTM layers", bounds=">= 1")
+    n_head: int = _opt(4, "attention heads", bounds=">= 1")
+    n_kv_head: int = _opt(0, "key/value heads; 0: n_head (multi-head), fewer: grouped-query", bounds=">= 0")
+    n_embd: int = _opt(128, "embedding / residual width", bounds=">= 1")
+    mlp_hidden: int = _opt(0, "MLP hidden width; 0: 4*n_embd (gelu) or 8/3*n_embd rounded (swiglu)", bounds=">= 0")
+    dropout: float = _opt(0.0, "dropout rate on embeddings, residual branches and LSTM outputs", bounds="[0, 1)")
     bias: bool = _opt(True, "biases in Dense and LayerNorm layers")
     tie_embeddings: bool = _opt(True, "share the token embedding with the output head")
     positions: str = _choice("learned", ["learned", "rope"], "position encoding")
     norm: str = _choice("layernorm", ["layernorm", "rmsnorm"], "normalization layer")
     mlp: str = _choice("gelu", ["gelu", "swiglu"], "MLP kind")
-    norm_eps: float = _opt(1e-5, "epsilon of the normalization layers")
-    rope_theta: float = _opt(10000.0, "RoPE base wavelength")
-    hidden_size: int = _opt(0, "LSTM hidden units; 0: n_embd")
+    norm_eps: float = _opt(1e-5, "epsilon of the normalization layers", bounds="> 0")
+    rope_theta: float = _opt(10000.0, "RoPE base wavelength", bounds="> 0")
+    hidden_size: int = _opt(0, "LSTM hidden units; 0: n_embd", bounds=">= 0")
 
 
 @dataclass
-class DataConfig:
+class DataConfig(_Section):
     """Where the text comes from and how it becomes token windows."""
 
     dataset: str = _opt(
         "python-stdlib", "registered dataset name, text file, directory or glob"
     )
     tokenizer: str = _opt("char", "tokenizer kind (see kerasllm.tokenizers)")
-    vocab_size: int = _opt(0, "target vocabulary size for trained tokenizers; 0: the kind's default")
-    val_fraction: float = _opt(0.1, "share of the corpus held out for validation")
+    vocab_size: int = _opt(0, "target vocabulary size for trained tokenizers; 0: the kind's default", bounds=">= 0")
+    val_fraction: float = _opt(0.1, "share of the corpus held out for validation", bounds="(0, 1)")
     split: str = _choice("position", ["position", "document"], "how the validation split is cut")
-    stride: int = _opt(0, "step between training windows; 0: block_size (no overlap)")
-    seed: int = _opt(1337, "seed of the document split and the shuffle order")
+    stride: int = _opt(0, "step between training windows; 0: block_size (no overlap)", bounds=">= 0")
+    seed: int = _opt(1337, "seed of the document split and the shuffle order", bounds=">= 0")
     text_field: str = _opt("", "JSONL field / CSV column holding the text of .jsonl/.csv/.tsv corpora; '': auto")
     clean: str = _opt("", "comma-separated cleaning steps: html, nfkc, whitespace, lowercase, dedupe")
     stopwords: str = _opt("", "stop words removed from classification text: en, zh, en,zh or a file path")
-    min_count: int = _opt(1, "word/jieba tokenizers: minimum count of a vocabulary word")
+    min_count: int = _opt(1, "word/jieba tokenizers: minimum count of a vocabulary word", bounds=">= 1")
     sp_model: str = _choice("unigram", ["unigram", "bpe"], "sentencepiece tokenizer: model type")
     special_tokens: str = _opt("", "comma-separated user special tokens (never split), after <pad>,<unk>,<bos>,<eos>")
     add_bos: bool = _opt(False, "put <bos> before each document (<eos> always follows it)")
     cache: bool = _opt(True, "cache token ids on disk, keyed by corpus hash + tokenizer hash")
     cache_dir: str = _opt("", "token cache folder; '': $KERASLLM_CACHE_DIR or ~/.keras/kerasllm/cache")
-    augment_delete: float = _opt(0.0, "classification augmentation: random word deletion rate")
-    augment_swap: float = _opt(0.0, "classification augmentation: random word swap rate")
-    augment_insert: float = _opt(0.0, "classification augmentation: random word insertion rate")
-    augment_synonym: float = _opt(0.0, "classification augmentation: synonym substitution rate")
+    augment_delete: float = _opt(0.0, "classification augmentation: random word deletion rate", bounds="[0, 1]")
+    augment_swap: float = _opt(0.0, "classification augmentation: random word swap rate", bounds="[0, 1]")
+    augment_insert: float = _opt(0.0, "classification augmentation: random word insertion rate", bounds="[0, 1]")
+    augment_synonym: float = _opt(0.0, "classification augmentation: synonym substitution rate", bounds="[0, 1]")
     synonyms: str = _opt("", "synonym table for augmentation: a file of 'word<TAB>syn1,syn2' lines")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     """Optimizer, schedule, evaluation and checkpointing."""
 
-    batch_size: int = _opt(12, "global batch size in sequences")
-    max_steps: int = _opt(2000, "optimizer steps")
-    learning_rate: float = _opt(1e-3, "peak learning rate")
-    min_lr: float = _opt(1e-4, "learning rate at the end of the cosine decay")
-    warmup_steps: int = _opt(100, "linear warmup steps")
-    lr_decay_steps: int = _opt(0, "steps of the cosine decay after warmup ends; 0: max_steps")
-    weight_decay: float = _opt(0.1, "AdamW decoupled weight decay (>=2-D kernels only)")
+    batch_size: int = _opt(12, "global batch size in sequences", bounds=">= 1")
+    max_steps: int = _opt(2000, "optimizer steps", bounds=">= 1")
+    learning_rate: float = _opt(1e-3, "peak learning rate", bounds="> 0")
+    min_lr: float = _opt(1e-4, "learning rate at the end of the cosine decay", bounds=">= 0")
+    warmup_steps: int = _opt(100, "linear warmup steps (a longer warmup ends at the decay end)", bounds=">= 0")
+    lr_decay_steps: int = _opt(0, "cosine/linear: step at which the decay ends (nanoGPT's lr_decay_iters); exponential: its period; 0: max_steps", bounds=">= 0")
+    weight_decay: float = _opt(0.1, "AdamW decoupled weight decay (>=2-D kernels only)", bounds=">= 0")
     decay_embeddings: bool = _opt(False, "also decay embedding tables (nanoGPT does)")
-    beta1: float = _opt(0.9, "Adam beta_1")
-    beta2: float = _opt(0.99, "Adam beta_2")
-    epsilon: float = _opt(1e-8, "Adam epsilon (PyTorch's and nanoGPT's 1e-8; Keras' own default is 1e-7)")
-    grad_clip: float = _opt(1.0, "clip gradients by global norm; 0: off")
-    eval_interval: int = _opt(250, "steps between validation passes (one Keras epoch)")
-    eval_steps: int = _opt(20, "validation batches per pass")
-    checkpoint_every: int = _opt(0, "steps between checkpoints; 0: eval_interval")
-    keep_checkpoints: int = _opt(2, "how many of the latest checkpoints to keep")
-    seed: int = _opt(1337, "seed of weight init and dropout")
+    beta1: float = _opt(0.9, "Adam beta_1", bounds="[0, 1)")
+    beta2: float = _opt(0.99, "Adam beta_2", bounds="[0, 1)")
+    epsilon: float = _opt(1e-8, "Adam epsilon (PyTorch's and nanoGPT's 1e-8; Keras' own default is 1e-7)", bounds="> 0")
+    grad_clip: float = _opt(1.0, "clip gradients by global norm; 0: off", bounds=">= 0")
+    eval_interval: int = _opt(250, "steps between validation passes (one Keras epoch)", bounds=">= 1")
+    eval_steps: int = _opt(20, "validation batches per pass", bounds=">= 1")
+    checkpoint_every: int = _opt(0, "steps between checkpoints; 0: eval_interval", bounds=">= 0")
+    keep_checkpoints: int = _opt(2, "how many of the latest checkpoints to keep", bounds=">= 1")
+    seed: int = _opt(1337, "seed of weight init and dropout", bounds=">= 0")
     jit_compile: bool = _opt(True, "XLA-compile the train step")
-    steps_per_execution: int = _opt(1, "train steps per compiled call")
-    log_every: int = _opt(0, "TensorBoard scalar interval in steps; 0: once per eval")
+    steps_per_execution: int = _opt(1, "train steps per compiled call", bounds=">= 1")
+    log_every: int = _opt(0, "TensorBoard scalar interval in steps; 0: once per eval", bounds=">= 0")
     optimizer: str = _choice("adamw", ["adamw", "adam", "sgd"], "optimizer (AdamW decays >=2-D kernels only)")
-    momentum: float = _opt(0.9, "SGD momentum; 0: plain SGD")
+    momentum: float = _opt(0.9, "SGD momentum; 0: plain SGD", bounds="[0, 1)")
     nesterov: bool = _opt(False, "SGD with Nesterov momentum")
     schedule: str = _choice(
         "cosine", ["cosine", "linear", "exponential", "constant", "plateau"],
         "learning-rate schedule after warmup; plateau: constant, cut by plateau_factor when val loss stalls",
     )
-    decay_rate: float = _opt(0.5, "exponential schedule: the rate is multiplied by this every lr_decay_steps")
-    plateau_factor: float = _opt(0.5, "plateau schedule: factor applied to the rate when val loss stalls")
-    plateau_patience: int = _opt(2, "plateau schedule: evaluations without improvement before a cut")
-    early_stop_patience: int = _opt(0, "stop after this many evaluations without val loss improvement; 0: off")
-    l1: float = _opt(0.0, "L1 penalty on >=2-D kernels (added to the loss)")
-    l2: float = _opt(0.0, "L2 penalty on >=2-D kernels (added to the loss)")
-    grad_accum_steps: int = _opt(1, "micro-batches per optimizer step; batch_size is split across them")
+    decay_rate: float = _opt(0.5, "exponential schedule: the rate is multiplied by this every lr_decay_steps", bounds="(0, 1]")
+    plateau_factor: float = _opt(0.5, "plateau schedule: factor applied to the rate when val loss stalls", bounds="(0, 1)")
+    plateau_patience: int = _opt(2, "plateau schedule: evaluations without improvement before a cut", bounds=">= 0")
+    early_stop_patience: int = _opt(0, "stop after this many evaluations without val loss improvement; 0: off", bounds=">= 0")
+    l1: float = _opt(0.0, "L1 penalty on >=2-D kernels (added to the loss)", bounds=">= 0")
+    l2: float = _opt(0.0, "L2 penalty on >=2-D kernels (added to the loss)", bounds=">= 0")
+    grad_accum_steps: int = _opt(1, "micro-batches per optimizer step; batch_size is split across them", bounds=">= 1")
     precision: str = _choice(
         "auto", ["auto", "float32", "mixed_float16", "mixed_bfloat16"],
         "auto: mixed_float16 on GPU, mixed_bfloat16 on TPU, float32 on CPU",
@@ -142,25 +217,26 @@ class TrainConfig:
         "tf.distribute strategy (JAX: keras.distribution); auto: tpu > multi_worker (TF_CONFIG) > mirrored (>1 GPU) > default",
     )
     model_parallel: int = _opt(
-        1, "JAX backend: devices on the 'model' mesh axis (tensor parallel); plan.layout picks the sharding"
+        1, "JAX backend: devices on the 'model' mesh axis (tensor parallel); plan.layout picks the sharding",
+        bounds=">= 1",
     )
     keep_best: bool = _opt(True, "also keep checkpoints/best.keras, the checkpoint with the lowest val loss")
-    peak_flops: float = _opt(0.0, "peak FLOP/s of the whole accelerator set for MFU; 0: measured once on CPU, else off")
+    peak_flops: float = _opt(0.0, "peak FLOP/s of the whole accelerator set for MFU; 0: measured once on CPU, else off", bounds=">= 0")
 
 
 @dataclass
-class SampleConfig:
+class SampleConfig(_Section):
     """The text sample printed at the end of a run."""
 
     prompt: str = _opt("\n", "text the sample starts from")
-    max_new_tokens: int = _opt(300, "tokens to generate")
-    temperature: float = _opt(0.8, "softmax temperature; 0: greedy")
-    top_k: int = _opt(40, "sample among the k most likely tokens; 0: all")
-    seed: int = _opt(1337, "sampling seed")
+    max_new_tokens: int = _opt(300, "tokens to generate", bounds=">= 0")
+    temperature: float = _opt(0.8, "softmax temperature; 0: greedy", bounds=">= 0")
+    top_k: int = _opt(40, "sample among the k most likely tokens; 0: all", bounds=">= 0")
+    seed: int = _opt(1337, "sampling seed", bounds=">= 0")
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(_Section):
     """Fine-tuning a pretrained run: a classifier head or prompt -> response (SFT)."""
 
     task: str = _choice("classify", ["classify", "sft"], "classify: text -> label; sft: prompt -> response")
@@ -168,25 +244,25 @@ class FinetuneConfig:
     label_column: str = _opt("", "column (or JSONL field) holding the label; '': auto-detect")
     prompt_field: str = _opt("prompt", "JSONL field holding the prompt (sft)")
     response_field: str = _opt("response", "JSONL field holding the response (sft)")
-    max_length: int = _opt(0, "tokens per example (longer ones are truncated); 0: model.block_size")
-    freeze_blocks: int = _opt(0, "freeze the embeddings and the bottom N blocks / LSTM layers; -1: all")
-    drop_blocks: int = _opt(0, "remove the top K blocks / LSTM layers of the pretrained model")
-    add_dense: int = _opt(0, "new Dense+GELU layers (model width) between pooling and the output layer")
+    max_length: int = _opt(0, "tokens per example (longer ones are truncated); 0: model.block_size", bounds=">= 0")
+    freeze_blocks: int = _opt(0, "freeze the embeddings and the bottom N blocks / LSTM layers; -1: all", bounds=">= -1")
+    drop_blocks: int = _opt(0, "remove the top K blocks / LSTM layers of the pretrained model", bounds=">= 0")
+    add_dense: int = _opt(0, "new Dense+GELU layers (model width) between pooling and the output layer", bounds=">= 0")
     pooling: str = _choice("last", ["last", "mean"], "last non-pad token, or the mean over non-pad tokens")
-    head_dropout: float = _opt(0.1, "dropout before each head layer")
-    lora_rank: int = _opt(0, "LoRA rank on the target Dense layers (backbone frozen); 0: full fine-tuning")
-    lora_alpha: float = _opt(0.0, "LoRA scale numerator: updates are scaled by alpha/rank; 0: alpha = rank")
+    head_dropout: float = _opt(0.1, "dropout before each head layer", bounds="[0, 1)")
+    lora_rank: int = _opt(0, "LoRA rank on the target Dense layers (backbone frozen); 0: full fine-tuning", bounds=">= 0")
+    lora_alpha: float = _opt(0.0, "LoRA scale numerator: updates are scaled by alpha/rank; 0: alpha = rank", bounds=">= 0")
     lora_targets: str = _opt("*/attn/qkv,*/attn/proj", "comma-separated glob patterns of Dense layer paths for LoRA")
     class_weights: str = _opt("", "'balanced', or comma-separated label:weight pairs; '': none")
     val_data: str = _opt("", "validation file (--val); '': hold out finetune.val_fraction of the training file")
     test_data: str = _opt("", "test file scored once at the end (--test); '': none")
-    val_fraction: float = _opt(0.1, "share of the training file held out when no --val file is given")
-    epochs: int = _opt(3, "passes over the training examples (classify); train.max_steps caps the steps")
+    val_fraction: float = _opt(0.1, "share of the training file held out when no --val file is given", bounds="(0, 1)")
+    epochs: int = _opt(3, "passes over the training examples (classify); train.max_steps caps the steps", bounds=">= 1")
     from_scratch: bool = _opt(False, "re-initialize the pretrained weights (baseline with the same architecture)")
 
 
 @dataclass
-class PlanConfig:
+class PlanConfig(_Section):
     """The launch plan of a recipe, read by `python -m kerasllm.recipes.plan --recipe NAME`.
 
     `layout` and `remat = "on"` also shape training (`kerasllm.training.pretrain`); `"auto"` is
@@ -195,7 +271,7 @@ class PlanConfig:
 
     devices: str = _opt("1xCPU", "COUNTxNAME of the accelerators: 8xH100, 64xA100, 256xv5p, 1xCPU")
     tokens: str = _opt("", "training tokens (10B, 1T); '': train.max_steps x batch_size x block_size")
-    mfu: float = _opt(0.0, "assumed model FLOPs utilization; 0: the hardware's default (0.4, CPU measured)")
+    mfu: float = _opt(0.0, "assumed model FLOPs utilization; 0: the hardware's default (0.4, CPU measured)", bounds="[0, 1]")
     layout: str = _choice(
         "auto", ["auto", "data", "fsdp", "tensor", "fsdp+tensor"],
         "weight sharding, planned and used in training (fsdp, tensor, fsdp+tensor need KERAS_BACKEND=jax): "
@@ -203,7 +279,7 @@ class PlanConfig:
         "(> 1) devices, fsdp+tensor both; auto: the planner's choice when planning, in training "
         "fsdp+tensor if train.model_parallel > 1 else data",
     )
-    micro_batch: int = _opt(0, "sequences per device per pass; 0: the largest that fits")
+    micro_batch: int = _opt(0, "sequences per device per pass; 0: the largest that fits", bounds=">= 0")
     remat: str = _choice(
         "auto", ["auto", "on", "off"],
         "rematerialize each GPT decoder block in the backward pass; on: in training too (needs "
@@ -213,14 +289,14 @@ class PlanConfig:
 
 
 @dataclass
-class ExportConfig:
+class ExportConfig(_Section):
     """The serving SavedModel written by `python -m kerasllm.recipes.export`."""
 
-    max_new_tokens: int = _opt(256, "cap on generate's max_new_tokens (a GPT's is also block_size - 1)")
+    max_new_tokens: int = _opt(256, "cap on generate's max_new_tokens (a GPT's is also block_size - 1)", bounds=">= 1")
     truncate: str = _choice(
         "left", ["left", "error"], "GPT prompts that do not fit the context: drop the oldest tokens, or reject"
     )
-    score_stride: int = _opt(0, "step of score's sliding window (as the evaluate recipe); 0: block_size // 2")
+    score_stride: int = _opt(0, "step of score's sliding window (as the evaluate recipe); 0: block_size // 2", bounds=">= 0")
 
 
 SECTIONS = {
@@ -232,6 +308,158 @@ SECTIONS = {
     "plan": PlanConfig,
     "export": ExportConfig,
 }
+_SECTION_NAMES = {cls: name for name, cls in SECTIONS.items()}
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _value_problem(key, f, value):
+    """The message for `value` outside the choices or bounds in field `f`'s metadata, else None."""
+    choices, bounds = f.metadata.get("choices"), f.metadata.get("bounds")
+    if choices and value not in choices:
+        return f"{key} = {value!r} is not one of {', '.join(map(repr, choices))}"
+    if bounds is None or (bounds.contains(value) and math.isfinite(value)):
+        return None
+    kind = "an integer" if isinstance(value, int) else "a finite number" if bounds.high == math.inf else "a number"
+    return f"{key} = {value!r} is out of range; expected {kind} {bounds}"
+
+
+def check_value(key, value):
+    """Raises `ConfigError` unless `value` is within key's (`"section.key"`) choices and range.
+
+    For functions that take one setting as a plain argument (`resolve_placement`), so the
+    rule stays the field's.
+
+    Examples:
+
+    >>> check_value("train.model_parallel", 2)
+    2
+    >>> check_value("model.dropout", 1.5)
+    Traceback (most recent call last):
+        ...
+    kerasllm.errors.ConfigError: model.dropout = 1.5 is out of range; expected a number in [0, 1)
+    """
+    section_name, _, name = key.partition(".")
+    problem = _value_problem(key, SECTIONS[section_name].__dataclass_fields__[name], value)
+    if problem:
+        raise ConfigError(problem)
+    return value
+
+
+def choices_of(key):
+    """The choices of a `"section.key"` field, e.g. `choices_of("train.strategy")`."""
+    section_name, _, name = key.partition(".")
+    return SECTIONS[section_name].__dataclass_fields__[name].metadata["choices"]
+
+
+# --- cross-key rules ---------------------------------------------------------------------------
+# Each rule reads the keys it is registered with and returns a message naming them, or None.
+# It receives the tables those keys live in, in order of first mention. Ranges are checked
+# before any rule runs, so a rule may divide by a count.
+_RULES = []
+
+
+def _rule(*keys):
+    def register(check):
+        sections = tuple(dict.fromkeys(key.partition(".")[0] for key in keys))
+        _RULES.append((keys, sections, check))
+        return check
+
+    return register
+
+
+@_rule("model.n_embd", "model.n_head", "model.arch")
+def _heads_split_the_width(model):
+    if model.arch == "gpt" and model.n_embd % model.n_head:
+        return f"model.n_embd = {model.n_embd} must be divisible by model.n_head = {model.n_head}"
+
+
+@_rule("model.n_head", "model.n_kv_head", "model.arch")
+def _kv_heads_group_the_heads(model):
+    if model.arch == "gpt" and model.n_kv_head and model.n_head % model.n_kv_head:
+        return f"model.n_head = {model.n_head} must be a multiple of model.n_kv_head = {model.n_kv_head}"
+
+
+@_rule("model.positions", "model.n_embd", "model.n_head", "model.arch")
+def _rope_needs_even_heads(model):
+    head_size = model.n_embd // model.n_head
+    if model.arch == "gpt" and model.positions == "rope" and head_size % 2:
+        return (f"model.positions = 'rope' needs an even head size (model.n_embd / model.n_head), "
+                f"got {model.n_embd} / {model.n_head} = {head_size}")
+
+
+# GPT features an LSTM would silently ignore. Plain sizes (n_head, bias, norm_eps, ...) are left
+# out: a GPT recipe run with `--set model.arch=lstm` keeps them, harmlessly.
+GPT_FEATURES = ("n_kv_head", "mlp_hidden", "positions", "norm", "mlp")
+
+
+def _gpt_feature_rule(key):
+    @_rule(f"model.{key}", "model.arch")
+    def check(model):
+        value, default = getattr(model, key), ModelConfig.__dataclass_fields__[key].default
+        if model.arch != "gpt" and value != default:
+            return (f"model.{key} = {value!r} is a GPT option that model.arch = {model.arch!r} does not "
+                    f"use: leave it at {default!r} or use model.arch = 'gpt'")
+
+
+for _key in GPT_FEATURES:
+    _gpt_feature_rule(_key)
+
+
+@_rule("train.min_lr", "train.learning_rate")
+def _min_lr_below_peak(train):
+    if train.min_lr > train.learning_rate:
+        return f"train.min_lr = {train.min_lr}: expected 0 <= min_lr <= train.learning_rate = {train.learning_rate}"
+
+
+@_rule("train.batch_size", "train.grad_accum_steps")
+def _batch_splits_into_micro_batches(train):
+    if train.batch_size % train.grad_accum_steps:
+        return (f"train.batch_size = {train.batch_size} must be a multiple of train.grad_accum_steps = "
+                f"{train.grad_accum_steps} (each optimizer step averages that many equal micro-batches)")
+
+
+@_rule("train.steps_per_execution", "train.grad_accum_steps", "train.checkpoint_every")
+def _steps_per_execution_counts_batches(train):
+    if train.steps_per_execution != 1 and (train.grad_accum_steps > 1 or train.checkpoint_every):
+        return (f"train.steps_per_execution = {train.steps_per_execution}: use 1 with "
+                "train.grad_accum_steps > 1 or train.checkpoint_every (they count single batches)")
+
+
+def remat_problem(model_config):
+    """Why `plan.remat = "on"` cannot apply to the model `model_config` describes, or None."""
+    if model_config.arch != "gpt":
+        return (f"plan.remat = 'on' rematerializes GPT decoder blocks; model.arch = {model_config.arch!r} "
+                "has none: use plan.remat = 'off' (or 'auto')")
+    if model_config.dropout:
+        # The recomputation would draw a new dropout mask (TensorFlow: wrong gradients) or leak
+        # the RNG state out of jax.checkpoint (JAX: UnexpectedTracerError).
+        return (f"plan.remat = 'on' needs model.dropout = 0 (got {model_config.dropout}): a "
+                "rematerialized block cannot replay its dropout mask in the backward pass")
+    return None
+
+
+@_rule("plan.remat", "model.arch", "model.dropout")
+def _remat_fits_the_model(plan, model):
+    return remat_problem(model) if plan.remat == "on" else None
+
+
+def layout_problem(layout, model_parallel, strategy="auto"):
+    """Why `plan.layout` contradicts `train.model_parallel` or `train.strategy`, or None."""
+    if layout in ("data", "fsdp") and model_parallel > 1:
+        return (f"plan.layout = {layout!r} has no model axis, but train.model_parallel = {model_parallel}: "
+                "use train.model_parallel = 1, or plan.layout = 'tensor', 'fsdp+tensor' or 'auto'")
+    if layout in ("tensor", "fsdp+tensor") and model_parallel == 1:
+        return (f"plan.layout = {layout!r} needs train.model_parallel > 1 (the size of the tensor-parallel "
+                "axis) and the JAX backend (KERAS_BACKEND=jax); got train.model_parallel = 1")
+    if layout not in ("auto", "data") and strategy in ("default", "one_device"):
+        return (f"plan.layout = {layout!r} shards over all devices, but train.strategy = {strategy!r} "
+                "uses one: use train.strategy = 'auto'")
+    return None
+
+
+@_rule("plan.layout", "train.model_parallel", "train.strategy")
+def _layout_fits_the_mesh(plan, train):
+    return layout_problem(plan.layout, train.model_parallel, train.strategy)
 
 
 @dataclass
@@ -247,9 +475,17 @@ class Config:
     plan: PlanConfig = field(default_factory=PlanConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
+    def __post_init__(self):
+        # "section.key" -> (where it was set, the value set there), in the order set: an error
+        # names the file or `--set` behind a key only while the key still holds that value.
+        self._sources = {}
+
     @classmethod
-    def from_dict(cls, values, source="config"):
-        """Builds a config from nested dicts, checking every key and type against `source`."""
+    def from_dict(cls, values, source="config", validate=True):
+        """Builds a config from nested dicts, checking every key and type against `source`.
+
+        `validate=False` leaves the cross-key rules to a later `validate()` (after overrides).
+        """
         config = cls()
         for key, value in values.items():
             if key == "name":
@@ -264,7 +500,7 @@ class Config:
                     f"{source}: unknown key '{key}'; expected 'name' or one of the tables "
                     f"{', '.join('[' + s + ']' for s in SECTIONS)}"
                 )
-        return config
+        return config.validate() if validate else config
 
     def set(self, dotted_key, value, source="--set"):
         """Sets `section.key` to `value` (already parsed), checking the key and the type."""
@@ -286,12 +522,55 @@ class Config:
             )
         hints = typing.get_type_hints(type(section))
         value = _coerce(source, dotted_key, hints[key], value)
-        choices = fields[key].metadata.get("choices")
-        if choices and value not in choices:
-            raise ConfigError(
-                f"{source}: {dotted_key} = {value!r} is not one of {', '.join(map(repr, choices))}"
-            )
+        problem = _value_problem(dotted_key, fields[key], value)
+        if problem:
+            raise ConfigError(f"{source}: {problem}")
         setattr(section, key, value)
+        self._sources.pop(dotted_key, None)
+        self._sources[dotted_key] = (source, value)
+
+    def validate(self):
+        """Checks every key's choices and range and every rule across keys; returns the config.
+
+        Raises:
+            ConfigError: one line naming the key at fault, what was expected and where the
+                value came from (the recipe file or the `--set` that set it).
+
+        Examples:
+
+        >>> config = load_config("default", ["model.n_head=3"])
+        Traceback (most recent call last):
+            ...
+        kerasllm.errors.ConfigError: --set model.n_head=3: model.n_embd = 128 must be divisible by model.n_head = 3
+        """
+        for section_name in SECTIONS:
+            section = getattr(self, section_name)
+            for f in dataclasses.fields(section):
+                key = f"{section_name}.{f.name}"
+                problem = _value_problem(key, f, getattr(section, f.name))
+                if problem:
+                    raise ConfigError(self._where(key) + problem)
+        for keys, sections, check in _RULES:
+            problem = check(*(getattr(self, name) for name in sections))
+            if problem:
+                raise ConfigError(self._where(*keys) + problem)
+        return self
+
+    def source_of(self, key):
+        """The file or `--set` that set `key` ("section.key") to its current value, or None."""
+        section_name, _, name = key.partition(".")
+        source, value = self._sources.get(key, (None, None))
+        if source is None or getattr(getattr(self, section_name), name) != value:
+            return None
+        return source
+
+    def _where(self, *keys):
+        """`"SOURCE: "` of the key among `keys` set last, or "" when none was set from outside
+        or one was changed since (in Python: no file or `--set` is to blame)."""
+        set_keys = [key for key in self._sources if key in keys]
+        if not set_keys or not all(self.source_of(key) for key in set_keys):
+            return ""
+        return f"{self.source_of(set_keys[-1])}: "
 
     def override(self, assignment):
         """Applies one `section.key=value` string; the value is read as a TOML value."""
@@ -322,9 +601,6 @@ def _parse_value(raw):
         return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         return raw  # bare words are strings: --set data.dataset=tinyshakespeare
-
-
-_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
 def _coerce(source, key, expected, value):
@@ -391,14 +667,22 @@ def find_recipe(name_or_path):
 
 
 def load_config(recipe="default", overrides=()):
-    """Loads a recipe (name or path) and applies `--set` style overrides.
+    """Loads a recipe (name or path), applies `--set` style overrides and validates the result.
+
+    Every key's type and range and every rule across keys (`Config.validate`) are checked here,
+    before any data is read: a mistake is one `ConfigError` naming the key and the file or the
+    `--set` it came from.
 
     Args:
         recipe: a path to a TOML file, or the name of a file in `recipes/`.
         overrides: strings `section.key=value`.
 
     Returns:
-        A `Config`.
+        A validated `Config`.
+
+    Raises:
+        ConfigError: an unknown recipe or key, a wrong type, a value out of range or a broken
+            rule across keys.
 
     Examples:
 
@@ -411,10 +695,10 @@ def load_config(recipe="default", overrides=()):
         values = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
-    config = Config.from_dict(values, source=str(path))
+    config = Config.from_dict(values, source=str(path), validate=False)
     for assignment in overrides:
         config.override(assignment)
-    return config
+    return config.validate()
 
 
 def describe_keys():
@@ -422,7 +706,9 @@ def describe_keys():
     lines = []
     for section_name, section_cls in SECTIONS.items():
         for f in dataclasses.fields(section_cls):
-            choices = f.metadata.get("choices")
+            choices, bounds = f.metadata.get("choices"), f.metadata.get("bounds")
             kind = " | ".join(choices) if choices else typing.get_type_hints(section_cls)[f.name].__name__
+            if bounds is not None:
+                kind += f" {bounds}"
             lines.append(f"  {section_name}.{f.name} ({kind}, default {f.default!r}): {f.metadata.get('help', '')}")
     return "\n".join(lines)

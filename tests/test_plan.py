@@ -212,3 +212,41 @@ def test_llama7b_recipe_tiny_dims_trains_on_cpu(tmp_path, shared_data):
     assert model.count_params() == count_params(config.model)["total"] == metrics["parameters"]
     assert model.positions == "rope" and model.norm == "rmsnorm" and not model.tie_embeddings
     assert metrics["val_loss"] < math.log(tokenizer.vocabulary_size) - 0.5
+
+
+@pytest.mark.parametrize("flag, value", [("--batch", "-4"), ("--batch", "0"), ("--micro-batch", "-1"),
+                                         ("--inference-batch", "0"), ("--vocab", "0")])
+def test_cli_rejects_counts_that_are_not_positive(flag, value):
+    from kerasllm.recipes.plan import build_parser, plan_arguments
+
+    args = build_parser().parse_args(["--preset", "gpt2-124m", "--no-measure", f"{flag}={value}"])
+    with pytest.raises(ConfigError, match=f"^{flag} {value}: expected "):
+        plan_arguments(args)
+    with pytest.raises(ConfigError, match="--batch -4"):
+        plan(get_preset("gpt2-124m"), global_batch=-4, measure_cpu=False)
+
+
+def test_more_data_parallel_devices_than_sequences():
+    llama = get_preset("llama-7b")
+    # 4096 devices, 2048 sequences: data and fsdp would idle half the devices; tensor parallel does not.
+    p = plan(llama, devices="4096xH100", tokens=1e12, global_batch=2048)
+    rec = p["recommendation"]
+    assert rec["strategy"] in ("tensor", "fsdp+tensor") and rec["data_parallel"] * rec["tensor_parallel"] == 4096
+    assert rec["data_parallel"] <= 2048
+    assert [note.split(":")[0] for note in p["notes"]] == ["layout data left out", "layout fsdp left out"]
+    assert "note: layout data left out: its 4096 data-parallel devices need a global batch of at least 4096" in p.format()
+    assert plan(llama, devices="8xH100", tokens=1e12, global_batch=2048)["notes"] == []
+    # Where no layout can use every device, one error says what was expected.
+    with pytest.raises(ConfigError, match=r"4096 H100 devices with a global batch of 2048 sequences .* at least 4096"):
+        plan(llama, devices="4096xH100", tokens=1e12, global_batch=2048, strategy="fsdp")
+    lstm = ModelConfig(arch="lstm", n_layer=2, n_embd=16, block_size=8, vocab_size=21)
+    with pytest.raises(ConfigError, match="expected a batch of at least 8"):
+        plan(lstm, devices="8xH100", global_batch=4)
+
+
+def test_cli_too_many_devices_is_one_error_line():
+    result = run_module("kerasllm.recipes.plan", "--preset", "llama-7b", "--devices", "4096xH100",
+                        "--batch", "2048", "--strategy", "data", "--tokens", "1T")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--devices" in errors[0] and "at least 4096" in errors[0], result.stderr

@@ -4,6 +4,7 @@ import functools
 
 import keras
 
+from kerasllm.config import remat_problem
 from kerasllm.errors import ConfigError
 from kerasllm.models.gpt import GPT
 from kerasllm.models.lstm import LSTMLanguageModel
@@ -22,7 +23,9 @@ def build_model(model_config, vocab_size=None, remat=False):
         A built `GPT` or `LSTMLanguageModel`.
 
     Raises:
-        ConfigError: an invalid option, or `remat` with an LSTM or with dropout.
+        ConfigError: an option out of range or against a rule of `ModelConfig.validate` (the
+            rules live in `kerasllm.config`), no vocabulary size, or `remat` with an LSTM or
+            with dropout.
 
     Examples:
 
@@ -31,22 +34,13 @@ def build_model(model_config, vocab_size=None, remat=False):
     >>> model.count_params() > 0
     True
     """
-    c = model_config
+    c = model_config.validate()  # the same rules as a recipe's [model] table
     if remat:
         check_remat(c)
     vocab_size = vocab_size or c.vocab_size
     if not vocab_size:
         raise ConfigError("model.vocab_size is 0 and no tokenizer gave a vocabulary size")
-    for key in ("block_size", "n_layer", "n_embd", "n_head"):
-        if getattr(c, key) <= 0:
-            raise ConfigError(f"model.{key} = {getattr(c, key)}: expected a positive integer")
     if c.arch == "gpt":
-        if c.n_embd % c.n_head:
-            raise ConfigError(f"model.n_embd = {c.n_embd} must be divisible by model.n_head = {c.n_head}")
-        if c.n_kv_head and c.n_head % c.n_kv_head:
-            raise ConfigError(f"model.n_head = {c.n_head} must be a multiple of model.n_kv_head = {c.n_kv_head}")
-        if c.positions == "rope" and (c.n_embd // c.n_head) % 2:
-            raise ConfigError(f"model.positions = 'rope' needs an even head size, got {c.n_embd // c.n_head}")
         model = GPT(
             vocab_size=vocab_size, block_size=c.block_size, n_layer=c.n_layer, n_head=c.n_head,
             n_embd=c.n_embd, n_kv_head=c.n_kv_head or None, mlp_hidden=c.mlp_hidden or None,
@@ -56,32 +50,20 @@ def build_model(model_config, vocab_size=None, remat=False):
         )
         if remat:
             rematerialize_blocks(model)
-    elif c.arch == "lstm":
+    else:  # "lstm": validate() allows no other arch
         model = LSTMLanguageModel(
             vocab_size=vocab_size, block_size=c.block_size, n_layer=c.n_layer, n_embd=c.n_embd,
             hidden_size=c.hidden_size or None, dropout=c.dropout, tie_embeddings=c.tie_embeddings,
         )
-    else:
-        raise ConfigError(f"model.arch = {c.arch!r}: expected 'gpt' or 'lstm'")
     model.build((None, c.block_size))
     return model
 
 
 def check_remat(model_config):
     """Raises `ConfigError` unless `plan.remat = "on"` can apply to the model `model_config` describes."""
-    c = model_config
-    if c.arch != "gpt":
-        raise ConfigError(
-            f"plan.remat = 'on' rematerializes GPT decoder blocks; model.arch = {c.arch!r} has none: "
-            "use plan.remat = 'off' (or 'auto')"
-        )
-    if c.dropout:
-        # The recomputation would draw a new dropout mask (TensorFlow: wrong gradients) or leak
-        # the RNG state out of jax.checkpoint (JAX: UnexpectedTracerError).
-        raise ConfigError(
-            f"plan.remat = 'on' needs model.dropout = 0 (got {c.dropout}): a rematerialized block "
-            "cannot replay its dropout mask in the backward pass"
-        )
+    problem = remat_problem(model_config)  # the rule `Config.validate` applies to a recipe
+    if problem:
+        raise ConfigError(problem)
 
 
 def rematerialize_blocks(model):

@@ -13,7 +13,7 @@ import json
 
 from kerasllm.errors import ConfigError
 from kerasllm.models.presets import get_preset, preset_names
-from kerasllm.plan.planner import STRATEGIES, parse_count, plan
+from kerasllm.plan.planner import STRATEGIES, check_counts, parse_count, plan
 from kerasllm.recipes.cli import run_cli
 
 _SWITCH = {"auto": None, "on": True, "off": False}
@@ -50,38 +50,62 @@ def build_parser():
 
 
 def plan_arguments(args):
-    """Turns parsed arguments into `(model_config, plan keyword arguments)`."""
+    """Turns parsed arguments into `(model_config, plan keyword arguments)`.
+
+    The preset's or recipe's values come first, the flags override them, and the counts are
+    checked before a recipe without a vocabulary size trains its tokenizer on the corpus.
+    """
     kwargs = dict(strategy="auto", remat="auto", flash_attention=None, micro_batch=0, devices="1xCPU")
     if args.preset:
-        if args.overrides:
-            raise ConfigError("--set needs --recipe; a preset is a fixed architecture")
-        from kerasllm.models.presets import PRESETS
-
-        model = get_preset(args.preset)
-        kwargs.update(name=args.preset, global_batch=max(1, PRESETS[args.preset].batch_tokens // model.block_size))
+        model = _preset_arguments(args, kwargs)
+        config = None
     else:
         from kerasllm.config import load_config
 
         config = load_config(args.recipe, args.overrides)
-        model, train, p = config.model, config.train, config.plan
-        optimizer = getattr(train, "optimizer", "adamw")
-        if optimizer == "sgd":
-            optimizer = "momentum" if getattr(train, "momentum", 0.0) else "sgd"
-        precision = getattr(train, "precision", "auto")
-        kwargs.update(
-            name=config.name, global_batch=train.batch_size, devices=p.devices, optimizer=optimizer,
-            tokens=parse_count(p.tokens, "plan.tokens") if p.tokens
-            else float(train.max_steps * train.batch_size * model.block_size),
-            mfu=p.mfu or None, strategy=p.layout, micro_batch=p.micro_batch,
-            remat="auto" if p.remat == "auto" else p.remat == "on",
-            flash_attention=_SWITCH[p.flash_attention],
-            precision=None if precision == "auto" else precision,
-        )
-        if not (args.vocab or model.vocab_size):
-            model.vocab_size = _tokenizer_size(config)
+        model = config.model
+        _recipe_arguments(config, kwargs)
+    _flag_arguments(args, kwargs)
+    check_counts(**{key: kwargs.get(key) for key in ("global_batch", "micro_batch", "vocab_size", "peak_flops")},
+                 inference_batch=kwargs["inference_batch"])
+    if config is not None and not (args.vocab or model.vocab_size):
+        model.vocab_size = _tokenizer_size(config)
+    return model, kwargs
+
+
+def _preset_arguments(args, kwargs):
+    if args.overrides:
+        raise ConfigError("--set needs --recipe; a preset is a fixed architecture")
+    from kerasllm.models.presets import PRESETS
+
+    model = get_preset(args.preset)
+    kwargs.update(name=args.preset, global_batch=max(1, PRESETS[args.preset].batch_tokens // model.block_size))
+    return model
+
+
+def _recipe_arguments(config, kwargs):
+    """A recipe's [train] and [plan] tables as plan arguments."""
+    model, train, p = config.model, config.train, config.plan
+    optimizer = train.optimizer
+    if optimizer == "sgd":
+        optimizer = "momentum" if train.momentum else "sgd"
+    kwargs.update(
+        name=config.name, global_batch=train.batch_size, devices=p.devices, optimizer=optimizer,
+        tokens=parse_count(p.tokens, "plan.tokens") if p.tokens
+        else float(train.max_steps * train.batch_size * model.block_size),
+        mfu=p.mfu or None, strategy=p.layout, micro_batch=p.micro_batch,
+        remat="auto" if p.remat == "auto" else p.remat == "on",
+        flash_attention=_SWITCH[p.flash_attention],
+        precision=None if train.precision == "auto" else train.precision,
+    )
+
+
+def _flag_arguments(args, kwargs):
+    """The command-line flags given, over the preset's or recipe's values."""
     for key, value in (("devices", args.devices), ("global_batch", args.batch), ("seq_len", args.seq_len),
                        ("vocab_size", args.vocab), ("precision", args.precision), ("optimizer", args.optimizer),
-                       ("mfu", args.mfu), ("peak_flops", args.peak_flops), ("strategy", args.strategy), ("micro_batch", args.micro_batch)):
+                       ("mfu", args.mfu), ("peak_flops", args.peak_flops), ("strategy", args.strategy),
+                       ("micro_batch", args.micro_batch)):
         if value is not None:
             kwargs[key] = value
     if args.remat:
@@ -92,7 +116,6 @@ def plan_arguments(args):
         kwargs["tokens"] = None if args.tokens.lower() == "chinchilla" else parse_count(args.tokens)
     kwargs["inference_batch"] = args.inference_batch
     kwargs["measure_cpu"] = not args.no_measure
-    return model, kwargs
 
 
 def _tokenizer_size(config):

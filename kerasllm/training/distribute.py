@@ -14,10 +14,11 @@ import os
 
 import keras
 
+from kerasllm.config import check_value, choices_of, layout_problem
 from kerasllm.errors import ConfigError
 
-STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
-LAYOUTS = ("auto", "data", "fsdp", "tensor", "fsdp+tensor")
+STRATEGIES = choices_of("train.strategy")  # ("auto", "default", "one_device", "mirrored", ...)
+LAYOUTS = choices_of("plan.layout")  # ("auto", "data", "fsdp", "tensor", "fsdp+tensor")
 
 
 @dataclasses.dataclass
@@ -127,14 +128,17 @@ def resolve_placement(kind="auto", model_config=None, model_parallel=1, log=prin
         ConfigError: an unknown strategy or layout, or one the backend, device count or
             `train.model_parallel` cannot run.
     """
-    if kind not in STRATEGIES:
-        raise ConfigError(f"train.strategy = {kind!r}: expected one of {', '.join(STRATEGIES)}")
-    if layout not in LAYOUTS:
-        raise ConfigError(f"plan.layout = {layout!r}: expected one of {', '.join(LAYOUTS)}")
-    if model_parallel < 1:
-        raise ConfigError(f"train.model_parallel = {model_parallel}: expected a positive integer")
+    check_value("train.strategy", kind)
+    check_value("plan.layout", layout)
+    check_value("train.model_parallel", model_parallel)
     if keras.backend.backend() == "jax":
         return _jax_placement(kind, model_config, model_parallel, log, layout)
+    _check_tensorflow_layout(layout, model_parallel)
+    return _tf_placement(kind, log)
+
+
+def _check_tensorflow_layout(layout, model_parallel):
+    """The tf.distribute strategies replicate the weights: no sharded layout, no model axis."""
     if layout not in ("auto", "data"):
         raise ConfigError(
             f"plan.layout = {layout!r}: sharded layouts need the JAX backend (KERAS_BACKEND=jax); "
@@ -145,58 +149,53 @@ def resolve_placement(kind="auto", model_config=None, model_parallel=1, log=prin
             f"train.model_parallel = {model_parallel}: model parallelism needs the JAX backend "
             "(KERAS_BACKEND=jax); use 1 with TensorFlow"
         )
-    import tensorflow as tf
 
+
+def _tf_placement(kind, log):
+    """The tf.distribute strategy `kind` names (`auto` resolved) and where it runs."""
     gpus = count_gpus()
     workers, worker_index = tf_config_workers()
-    if kind == "auto":
-        strategy = _tpu_strategy(log) if os.environ.get("TPU_NAME") else None
-        if strategy is not None:
-            kind = "tpu"
-        elif workers > 1:
-            kind = "multi_worker"
-        elif gpus > 1:
-            kind = "mirrored"
-        else:
-            kind = "default"
-    elif kind == "tpu":
-        strategy = _tpu_strategy(log)
-        if strategy is None:
-            kind = "default"
-    if kind == "default":
-        strategy = tf.distribute.get_strategy()
-    elif kind == "one_device":
-        strategy = tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
-    elif kind == "mirrored":
-        devices = None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")]
-        strategy = tf.distribute.MirroredStrategy(devices=devices)
-    elif kind == "multi_worker":
-        if workers < 2:
-            log("strategy: multi_worker without a TF_CONFIG naming several workers runs as one worker")
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    is_chief = kind != "multi_worker" or worker_index == 0
+    kind, strategy = _resolve_tf_kind(kind, gpus, workers, log)
+    if strategy is None:
+        strategy = _tf_strategy(kind, gpus, workers, log)
     return Placement(
         kind, strategy.num_replicas_in_sync, strategy=strategy, on_cpu=gpus == 0 and kind != "tpu",
-        is_chief=is_chief, worker_index=worker_index,
+        is_chief=kind != "multi_worker" or worker_index == 0, worker_index=worker_index,
     )
 
 
+def _resolve_tf_kind(kind, gpus, workers, log):
+    """`kind` with "auto" decided and an unreachable TPU fallen back to "default", and the TPU
+    strategy when one was connected (`(kind, strategy or None)`)."""
+    if kind not in ("auto", "tpu"):
+        return kind, None
+    tpu = _tpu_strategy(log) if kind == "tpu" or os.environ.get("TPU_NAME") else None
+    if tpu is not None:
+        return "tpu", tpu
+    if kind == "tpu":
+        return "default", None
+    return ("multi_worker" if workers > 1 else "mirrored" if gpus > 1 else "default"), None
+
+
+def _tf_strategy(kind, gpus, workers, log):
+    import tensorflow as tf
+
+    if kind == "one_device":
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+    if kind == "mirrored":
+        devices = None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if kind == "multi_worker":
+        if workers < 2:
+            log("strategy: multi_worker without a TF_CONFIG naming several workers runs as one worker")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
 def _check_layout(layout, model_parallel, kind):
-    if layout in ("data", "fsdp") and model_parallel > 1:
-        raise ConfigError(
-            f"plan.layout = {layout!r} has no model axis, but train.model_parallel = {model_parallel}: "
-            "use train.model_parallel = 1, or plan.layout = 'tensor', 'fsdp+tensor' or 'auto'"
-        )
-    if layout in ("tensor", "fsdp+tensor") and model_parallel == 1:
-        raise ConfigError(
-            f"plan.layout = {layout!r} needs train.model_parallel > 1 (the size of the tensor-parallel "
-            "axis), got 1"
-        )
-    if layout not in ("auto", "data") and kind in ("default", "one_device"):
-        raise ConfigError(
-            f"plan.layout = {layout!r} shards over all devices, but train.strategy = {kind!r} uses one: "
-            "use train.strategy = 'auto'"
-        )
+    problem = layout_problem(layout, model_parallel, kind)  # the rule `Config.validate` applies
+    if problem:
+        raise ConfigError(problem)
 
 
 def _jax_placement(kind, model_config, model_parallel, log, layout="auto"):

@@ -72,6 +72,9 @@ def build_optimizer(train, model):
     `train.decay_embeddings`). `train.grad_accum_steps > 1` averages that many micro-batch
     gradients before each update (Keras' `gradient_accumulation_steps`).
 
+    Raises:
+        ConfigError: `train` breaks a range or rule of `TrainConfig.validate`.
+
     Examples:
 
     >>> from kerasllm.config import ModelConfig, TrainConfig
@@ -80,10 +83,7 @@ def build_optimizer(train, model):
     >>> type(build_optimizer(TrainConfig(optimizer="sgd", nesterov=True), model)).__name__
     'SGD'
     """
-    if train.grad_accum_steps < 1:
-        raise ConfigError(f"train.grad_accum_steps = {train.grad_accum_steps}: expected 1 or more")
-    if train.grad_clip < 0:
-        raise ConfigError(f"train.grad_clip = {train.grad_clip}: expected 0 (off) or a positive number")
+    train.validate()  # ranges and rules of [train], kept in kerasllm.config
     learning_rate = build_schedule(train)
     if train.grad_accum_steps > 1 and not isinstance(learning_rate, float):
         learning_rate = PerUpdate(learning_rate, train.grad_accum_steps)
@@ -92,16 +92,10 @@ def build_optimizer(train, model):
         global_clipnorm=train.grad_clip or None,
         gradient_accumulation_steps=train.grad_accum_steps if train.grad_accum_steps > 1 else None,
     )
-    if not train.epsilon > 0:
-        raise ConfigError(f"train.epsilon = {train.epsilon}: expected a positive number")
     if train.optimizer == "sgd":
-        if not 0 <= train.momentum < 1:
-            raise ConfigError(f"train.momentum = {train.momentum}: expected 0 <= momentum < 1")
         return SGD(momentum=train.momentum, nesterov=train.nesterov, **common)
     if train.optimizer == "adam":
         return Adam(beta_1=train.beta1, beta_2=train.beta2, epsilon=train.epsilon, **common)
-    if train.optimizer != "adamw":
-        raise ConfigError(f"train.optimizer = {train.optimizer!r}: expected 'adamw', 'adam' or 'sgd'")
     optimizer = AdamW(
         weight_decay=train.weight_decay, beta_1=train.beta1, beta_2=train.beta2, epsilon=train.epsilon, **common
     )

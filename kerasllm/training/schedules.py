@@ -1,11 +1,8 @@
 """Learning-rate schedules: warmup followed by cosine, linear, exponential or constant decay."""
 
-import math
-
 import keras
 from keras import ops
 
-from kerasllm.errors import ConfigError
 
 
 @keras.saving.register_keras_serializable(package="kerasllm")
@@ -95,6 +92,10 @@ def build_schedule(train):
     over the same span; `exponential` multiplies the rate by `decay_rate` every `lr_decay_steps`
     (0: `max_steps`) steps, never below `min_lr`; `constant` holds `learning_rate` after warmup;
     `plateau` returns a plain float, which `ReduceOnPlateau` cuts when val loss stalls.
+    A warmup longer than the decay is cut to end where the decay ends.
+
+    Raises:
+        ConfigError: `train` breaks a range or rule of `TrainConfig.validate`.
 
     Examples:
 
@@ -103,15 +104,8 @@ def build_schedule(train):
     >>> round(float(schedule(100)), 6)
     0.0001
     """
-    if not (train.learning_rate > 0 and math.isfinite(train.learning_rate)):
-        raise ConfigError(f"train.learning_rate = {train.learning_rate}: expected a positive number")
-    if not 0 <= train.min_lr <= train.learning_rate:
-        raise ConfigError(f"train.min_lr = {train.min_lr}: expected 0 <= min_lr <= learning_rate")
-    if train.warmup_steps < 0:
-        raise ConfigError(f"train.warmup_steps = {train.warmup_steps}: expected 0 or more")
+    train.validate()  # ranges and rules of [train], kept in kerasllm.config
     if train.schedule == "plateau":
-        if not 0 < train.plateau_factor < 1:
-            raise ConfigError(f"train.plateau_factor = {train.plateau_factor}: expected a number in (0, 1)")
         return train.learning_rate
     decay_end = train.lr_decay_steps or train.max_steps
     warmup = min(train.warmup_steps, decay_end)
@@ -123,8 +117,6 @@ def build_schedule(train):
             decay_steps=max(decay_end - warmup, 1),
             alpha=train.min_lr / train.learning_rate,
         )
-    if train.schedule == "exponential" and not 0 < train.decay_rate <= 1:
-        raise ConfigError(f"train.decay_rate = {train.decay_rate}: expected a number in (0, 1]")
     return WarmupDecay(
         train.learning_rate, warmup_steps=warmup, decay=train.schedule,
         decay_steps=(decay_end - warmup) if train.schedule == "linear" else decay_end,
