@@ -24,7 +24,7 @@ from kerasllm.data import lm_dataset
 from kerasllm.data.prepare import prepare_lm_data
 from kerasllm.errors import ConfigError, Interrupted, RunError
 from kerasllm.generation import Generator
-from kerasllm.models import build_model, check_remat
+from kerasllm.models import build_model
 from kerasllm.tokenizers import load_tokenizer
 from kerasllm.training.callbacks import RunState, make_callbacks
 from kerasllm.training.distribute import resolve_jit, resolve_placement
@@ -58,25 +58,6 @@ def compile_model(model, config, policy="float32", jit_compile=None):
         steps_per_execution=train.steps_per_execution,
     )
     return model
-
-
-def _check_schedule(train):
-    for key in ("max_steps", "eval_interval", "batch_size", "eval_steps", "grad_accum_steps"):
-        if getattr(train, key) <= 0:
-            raise ConfigError(f"train.{key} = {getattr(train, key)}: expected a positive integer")
-    if train.checkpoint_every < 0:
-        raise ConfigError(f"train.checkpoint_every = {train.checkpoint_every}: expected 0 or a positive integer")
-    if train.batch_size % train.grad_accum_steps:
-        raise ConfigError(
-            f"train.batch_size = {train.batch_size} must be a multiple of train.grad_accum_steps = "
-            f"{train.grad_accum_steps} (each optimizer step averages that many equal micro-batches)"
-        )
-    if train.steps_per_execution != 1 and (train.grad_accum_steps > 1 or train.checkpoint_every):
-        raise ConfigError(
-            f"train.steps_per_execution = {train.steps_per_execution}: use 1 with "
-            "train.grad_accum_steps > 1 or train.checkpoint_every (they count single batches)"
-        )
-    return train.checkpoint_every or train.eval_interval
 
 
 def _build(config, placement, policy, vocab_size, jit_compile, seed):
@@ -165,12 +146,9 @@ def pretrain(config, output_dir, restart=False, overwrite=False, log=print, verb
 
 
 def _resolve(config):
-    """A checked copy of `config`: the run never changes the caller's object."""
-    config = copy.deepcopy(config)
-    _check_schedule(config.train)
-    if config.plan.remat == "on":
-        check_remat(config.model)
-    return config
+    """A validated copy of `config` (every rule, before any data is read): the run never
+    changes the caller's object."""
+    return copy.deepcopy(config).validate()
 
 
 def _early_placement(config, log):
