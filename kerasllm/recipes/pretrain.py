@@ -13,7 +13,7 @@ from pathlib import Path
 
 from kerasllm.config import describe_keys, load_config
 from kerasllm.data.corpus import dataset_names
-from kerasllm.recipes.cli import run_cli
+from kerasllm.recipes.cli import add_verbose_flag, run_cli
 
 
 def build_parser():
@@ -43,6 +43,7 @@ def build_parser():
     )
     parser.add_argument("--restart", action="store_true", help="ignore checkpoints in --output and start over")
     parser.add_argument("--no-sample", action="store_true", help="skip the generated sample at the end")
+    add_verbose_flag(parser)
     return parser
 
 
