@@ -11,7 +11,7 @@ changes one fails there, by name, instead of deep inside a training run).
 | `Trainer._symbolic_build(iterator=None, data_batch=None)`, `_maybe_symbolic_build` | `multi_worker_reductions` | Keras 3.8.0 - 3.15.1 |
 | `Layer._flatten_layers(include_self, recursive)`, `Layer._trainable_variables`, `Layer._non_trainable_variables` | `kerasllm.models.lora` | Keras 3.8.0 - 3.15.1 |
 | `BaseOptimizer._clip_gradients(grads)` (overridden) | `kerasllm.training.optimizers.GradNormMixin` | Keras 3.8.0 - 3.15.1 |
-| `keras.src.backend.tensorflow.core.slice_update` (swapped while tracing) | `kerasllm.export.graph.portable_ops` | Keras 3.8.0 - 3.15.1 |
+| `keras.src.backend.tensorflow.core.slice_update` (swapped while tracing) | `tensorflow_slice_update`, for `kerasllm.export.graph.portable_ops` | Keras 3.8.0 - 3.15.1 |
 
 Tested together with TensorFlow 2.21.0 and keras-hub 0.32.0.
 """
@@ -120,3 +120,29 @@ def owns_variables(layer):
     (True, False)
     """
     return bool(layer._trainable_variables or layer._non_trainable_variables)
+
+
+@contextlib.contextmanager
+def tensorflow_slice_update(replacement):
+    """Makes `keras.ops.slice_update` call `replacement(inputs, start_indices, updates)` on the
+    TensorFlow backend while the context is open (the export traces its serving graphs with a
+    version that emits only core TF ops); Keras' own is restored on exit.
+
+    Examples:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> with tensorflow_slice_update(lambda inputs, start_indices, updates: "replaced"):
+    ...     ops.slice_update(np.zeros(3), (0,), np.ones(1))
+    'replaced'
+    >>> ops.convert_to_numpy(ops.slice_update(np.zeros(3), (1,), np.ones(1))).tolist()
+    [0.0, 1.0, 0.0]
+    """
+    from keras.src.backend.tensorflow import core
+
+    original = core.slice_update
+    core.slice_update = replacement
+    try:
+        yield
+    finally:
+        core.slice_update = original
