@@ -1,14 +1,14 @@
 """Planner vs measurement: predicted training time of CPU recipes against real runs.
 
 This CPU's float32 matmul peak is measured (`measure_peak_flops`) before every run and the best
-value so far is used: on a shared, loaded host a single measurement can catch a busy moment.
+value so far is used: a single measurement can catch a moment when other work has the cores.
 For each recipe a short calibration run measures MFU (model FLOP/s of the steady train steps /
 peak); then the recipe runs for more steps and its measured time (from the end of the compiling
 first step to the end of the last step, validation passes included) is compared with the
 planner's prediction `FLOPs / (peak x MFU)` for the same tokens. A second prediction uses the median MFU of the
 *other* recipes (leave-one-out), the accuracy of one CPU MFU for every recipe.
 
-    KERASLLM_DATA_DIR=/work/shared/data python benchmarks/plan_vs_measured.py
+    KERASLLM_DATA_DIR=../shared/data python benchmarks/plan_vs_measured.py   # from the repository root
 
 Prints a table and writes benchmarks/plan_vs_measured.json.
 """

@@ -68,6 +68,19 @@ def test_intro_colab_and_parameters_cells(name):
     assert not any("KERASLLM_SMOKE" in text for text in others), "only the parameters cell may read SMOKE"
 
 
+@pytest.mark.parametrize("name", PRESENT)
+def test_every_kerasllm_import_of_the_notebook_resolves(name):
+    """The quick check of what the smoke run below would find first: a moved or renamed name."""
+    import importlib
+    import re
+
+    code = "\n".join(source(c) for c in load(name)["cells"] if c["cell_type"] == "code")
+    for module, names in re.findall(r"^\s*from (kerasllm[\w.]*) import ([\w, ]+)$", code, re.MULTILINE):
+        imported = importlib.import_module(module)
+        missing = [n.strip() for n in names.split(",") if not hasattr(imported, n.strip())]
+        assert not missing, f"{name}.ipynb: `from {module} import` finds no {missing}"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", PRESENT)
 def test_runs_top_to_bottom_in_smoke_mode(name, tmp_path, monkeypatch):
@@ -98,6 +111,18 @@ def test_runs_top_to_bottom_in_smoke_mode(name, tmp_path, monkeypatch):
 
 # --- kerasllm.notebook -------------------------------------------------------------------------
 
+def test_notebook_module_re_exports_the_library_homes():
+    from kerasllm.data import shared
+    from kerasllm.models import inspect
+    from kerasllm.training import live
+
+    assert notebook.LiveLossPlot is live.LiveLossPlot and notebook.TimeBudget is live.TimeBudget
+    assert notebook.attention_maps is inspect.attention_maps
+    assert notebook.gradient_norms is inspect.gradient_norms
+    for name in ("resolve_corpus", "shared_file", "shared_data_dir", "head_lines"):
+        assert getattr(notebook, name) is getattr(shared, name)
+
+
 def tiny_gpt(**kwargs):
     keras.utils.set_random_seed(0)
     options = dict(vocab_size=23, block_size=12, n_layer=2, n_head=4, n_embd=32)
@@ -115,12 +140,11 @@ def test_attention_maps_reproduce_the_fused_attention(kwargs):
     assert np.triu(maps, k=1).max() == 0.0  # causal: no weight on later positions
     # probabilities @ values through the output projection == the layer's own output
     block = model.blocks[0]
-    h = block.norm_1(model._embed(ids))
+    h = block.norm_1(model.embed(ids))
     attn = block.attn
-    H, K, D = attn.n_head, attn.n_kv_head, attn.head_dim
-    v = ops.reshape(attn.qkv(h)[..., (H + K) * D :], (2, 12, K, D))
-    v = ops.convert_to_numpy(attn._repeat_kv(v))
-    y = np.einsum("bhqk,bkhd->bqhd", maps[:, 0], v).reshape(2, 12, H * D)
+    _, _, v = attn.project_qkv(h)  # (B, T, K, D)
+    v = np.repeat(ops.convert_to_numpy(v), attn.n_head // attn.n_kv_head, axis=2)  # (B, T, H, D)
+    y = np.einsum("bhqk,bkhd->bqhd", maps[:, 0], v).reshape(2, 12, attn.n_head * attn.head_dim)
     np.testing.assert_allclose(ops.convert_to_numpy(attn.proj(y)), ops.convert_to_numpy(attn(h)), atol=1e-5)
 
 

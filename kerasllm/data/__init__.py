@@ -1,32 +1,40 @@
-"""Corpora and tf.data pipelines."""
+"""Corpora and tf.data pipelines.
 
-from kerasllm.data.corpus import dataset_names, load_corpus, read_text_file, resolve_paths
-from kerasllm.data.augment import TextAugmenter, load_synonyms
-from kerasllm.data.cleaning import clean_documents, load_stopwords, remove_stopwords
-from kerasllm.data.pipeline import (
-    classification_dataset,
-    encode_documents,
-    lm_dataset,
-    pad_sequences,
-    split_documents,
-)
-from kerasllm.data.readers import read_documents, read_labelled
+The names below are imported from their modules on first use, so `kerasllm.data.corpus`
+(all a command's `--help` needs) loads without TensorFlow.
+"""
 
-__all__ = [
-    "TextAugmenter",
-    "classification_dataset",
-    "clean_documents",
-    "load_stopwords",
-    "load_synonyms",
-    "pad_sequences",
-    "remove_stopwords",
-    "dataset_names",
-    "encode_documents",
-    "lm_dataset",
-    "load_corpus",
-    "read_documents",
-    "read_labelled",
-    "read_text_file",
-    "resolve_paths",
-    "split_documents",
-]
+import importlib
+
+_HOMES = {
+    "dataset_names": "corpus",
+    "load_corpus": "corpus",
+    "read_text_file": "corpus",
+    "resolve_paths": "corpus",
+    "TextAugmenter": "augment",
+    "load_synonyms": "augment",
+    "clean_documents": "cleaning",
+    "load_stopwords": "cleaning",
+    "remove_stopwords": "cleaning",
+    "classification_dataset": "pipeline",
+    "encode_documents": "pipeline",
+    "lm_dataset": "pipeline",
+    "pad_sequences": "pipeline",
+    "split_documents": "pipeline",
+    "read_documents": "readers",
+    "read_labelled": "readers",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'kerasllm.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"kerasllm.data.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

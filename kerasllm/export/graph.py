@@ -5,6 +5,8 @@ import functools
 
 import tensorflow as tf
 
+from kerasllm._keras_compat import tensorflow_slice_update
+
 
 def model_variables(model):
     """The `tf.Variable`s behind a Keras model's weights, for a `tf.Module` to own and save."""
@@ -91,14 +93,8 @@ def portable_ops():
     lowers to `XlaDynamicUpdateSlice`. A SavedModel holding that op runs only where the XLA JIT
     is linked and enabled; TF Serving ships with it off (`--xla_cpu_compilation_enabled`).
     """
-    from keras.src.backend.tensorflow import core
-
-    original = core.slice_update
-    core.slice_update = _portable_slice_update
-    try:
+    with tensorflow_slice_update(_portable_slice_update):
         yield
-    finally:
-        core.slice_update = original
 
 
 def traced_portably(function):

@@ -101,15 +101,9 @@ class CausalSelfAttention(keras.layers.Layer):
 
     def call(self, x, cache=None, cache_index=None, attention_mask=None, positions=None, training=None):
         batch, time = ops.shape(x)[0], ops.shape(x)[1]
-        H, K, D = self.n_head, self.n_kv_head, self.head_dim
-        qkv = self.qkv(x)  # (B, T, (H + 2K) * D)
-        q = ops.reshape(qkv[..., : H * D], (batch, time, H, D))  # (B, T, H, D)
-        k = ops.reshape(qkv[..., H * D : (H + K) * D], (batch, time, K, D))  # (B, T, K, D)
-        v = ops.reshape(qkv[..., (H + K) * D :], (batch, time, K, D))  # (B, T, K, D)
+        H, D = self.n_head, self.head_dim
         start = 0 if cache_index is None else cache_index
-        if self.rotary is not None:
-            q = self.rotary(q, start_index=start, positions=positions)
-            k = self.rotary(k, start_index=start, positions=positions)
+        q, k, v = self.project_qkv(x, start_index=start, positions=positions)
 
         if cache is None and attention_mask is not None:
             y = ops.dot_product_attention(q, self._repeat_kv(k), self._repeat_kv(v), mask=attention_mask)
@@ -129,6 +123,61 @@ class CausalSelfAttention(keras.layers.Layer):
         y = ops.reshape(y, (batch, time, H * D))  # (B, T, C)
         y = self.out_dropout(self.proj(y), training=training)
         return y if cache is None else (y, cache)
+
+    def project_qkv(self, x, start_index=0, positions=None):
+        """Queries, keys and values of `x`, with rotary embeddings applied when the layer has them.
+
+        Args:
+            x: `(batch, time, n_embd)` float tensor.
+            start_index: position of `x[:, 0]` (RoPE only).
+            positions: optional int `(batch, time)` RoPE positions.
+
+        Returns:
+            `(q, k, v)`: `q` is `(batch, time, n_head, head_dim)`, `k` and `v` are
+            `(batch, time, n_kv_head, head_dim)` (not yet repeated for grouped-query heads).
+        """
+        batch, time = ops.shape(x)[0], ops.shape(x)[1]
+        H, K, D = self.n_head, self.n_kv_head, self.head_dim
+        qkv = self.qkv(x)  # (B, T, (H + 2K) * D)
+        q = ops.reshape(qkv[..., : H * D], (batch, time, H, D))  # (B, T, H, D)
+        k = ops.reshape(qkv[..., H * D : (H + K) * D], (batch, time, K, D))  # (B, T, K, D)
+        v = ops.reshape(qkv[..., (H + K) * D :], (batch, time, K, D))  # (B, T, K, D)
+        if self.rotary is not None:
+            q = self.rotary(q, start_index=start_index, positions=positions)
+            k = self.rotary(k, start_index=start_index, positions=positions)
+        return q, k, v
+
+    def attention_probabilities(self, x, attention_mask=None, positions=None):
+        """The attention probabilities `call` uses, which the fused kernel never materializes.
+
+        `softmax(q k^T / sqrt(head_dim))` under the causal mask (or `attention_mask`), computed
+        in float32 from the same projection as `call`.
+
+        Args:
+            x: `(batch, time, n_embd)` float tensor (the block's normalized input).
+            attention_mask: optional bool `(batch, 1, time, time)`, as in `call`.
+            positions: optional int `(batch, time)` RoPE positions, as in `call`.
+
+        Returns:
+            float32 `(batch, n_head, time, time)`; each row sums to 1 over the visible keys.
+
+        Examples:
+
+        >>> import numpy as np
+        >>> layer = CausalSelfAttention(n_head=4, n_kv_head=2, rope=True)
+        >>> probs = ops.convert_to_numpy(layer.attention_probabilities(np.ones((1, 3, 16), "float32")))
+        >>> probs.shape, probs[0, 0, 0].round(3).tolist()
+        ((1, 4, 3, 3), [1.0, 0.0, 0.0])
+        """
+        if not self.built:
+            self.build(tuple(ops.shape(x)))
+        q, k, _ = self.project_qkv(x, positions=positions)
+        time = ops.shape(x)[1]
+        scores = ops.einsum("bqhd,bkhd->bhqk", q, self._repeat_kv(k)) / (self.head_dim ** 0.5)  # (B, H, T, T)
+        if attention_mask is None:
+            attention_mask = ops.tril(ops.ones((time, time), "bool"))[None, None]
+        scores = ops.where(attention_mask, ops.cast(scores, "float32"), -1e9)
+        return ops.softmax(scores, axis=-1)
 
     def _repeat_kv(self, t):
         groups = self.n_head // self.n_kv_head

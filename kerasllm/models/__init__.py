@@ -1,13 +1,24 @@
-"""Language models: `GPT` and the `LSTMLanguageModel` baseline."""
+"""Language models: `GPT` and the `LSTMLanguageModel` baseline.
+
+`GPT` and `LSTMLanguageModel` are imported on first use, so `kerasllm.models.presets` (all
+`plan --help` needs) loads without Keras or TensorFlow.
+"""
 
 import functools
 
-import keras
-
 from kerasllm.config import remat_problem
 from kerasllm.errors import ConfigError
-from kerasllm.models.gpt import GPT
-from kerasllm.models.lstm import LSTMLanguageModel
+
+
+def __getattr__(name):
+    if name == "GPT":
+        from kerasllm.models.gpt import GPT as value
+    elif name == "LSTMLanguageModel":
+        from kerasllm.models.lstm import LSTMLanguageModel as value
+    else:
+        raise AttributeError(f"module 'kerasllm.models' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def build_model(model_config, vocab_size=None, remat=False):
@@ -34,6 +45,9 @@ def build_model(model_config, vocab_size=None, remat=False):
     >>> model.count_params() > 0
     True
     """
+    from kerasllm.models.gpt import GPT
+    from kerasllm.models.lstm import LSTMLanguageModel
+
     c = model_config.validate()  # the same rules as a recipe's [model] table
     if remat:
         check_remat(c)
@@ -99,6 +113,8 @@ def _rematerialized(call):
     def rematerialized_call(x, *args, **kwargs):
         if not kwargs.get("training") or args or kwargs.get("cache") is not None:
             return call(x, *args, **kwargs)
+        import keras
+
         return keras.remat(lambda hidden: call(hidden, **kwargs))(x)
 
     return rematerialized_call

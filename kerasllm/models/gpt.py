@@ -129,7 +129,15 @@ class GPT(keras.Model):
         self.final_norm.build(hidden_shape)
         self.built = True
 
-    def _embed(self, token_ids, start_index=None, positions=None, training=None):
+    def embed(self, token_ids, start_index=None, positions=None, training=None):
+        """Token (plus learned position) embeddings `(batch, time, n_embd)`: the first block's input.
+
+        Args:
+            token_ids: int `(batch, time)`.
+            start_index: position of `token_ids[:, 0]` (cached decoding).
+            positions: optional int `(batch, time)` positions (packed rows).
+            training: applies the embedding dropout.
+        """
         x = self.token_embedding(token_ids)  # (B, T, C)
         if self.position_embedding is not None:
             if start_index is not None:
@@ -159,7 +167,7 @@ class GPT(keras.Model):
         positions = attention_mask = None
         if segment_ids is not None:
             positions, attention_mask = segment_layout(segment_ids)
-        x = self._embed(token_ids, positions=positions, training=training)  # (B, T, C)
+        x = self.embed(token_ids, positions=positions, training=training)  # (B, T, C)
         for block in self.blocks:
             x = block(x, attention_mask=attention_mask, positions=positions, training=training)
         return self.final_norm(x)
@@ -186,7 +194,7 @@ class GPT(keras.Model):
         Returns:
             `(logits, cache)`: float32 logits `(batch, time, vocab)` and the updated cache.
         """
-        x = self._embed(token_ids, start_index=cache_index)  # (B, T, C)
+        x = self.embed(token_ids, start_index=cache_index)  # (B, T, C)
         caches = []
         for block, layer_cache in zip(self.blocks, cache):
             x, layer_cache = block(x, cache=layer_cache, cache_index=cache_index)

@@ -10,12 +10,13 @@ import fnmatch
 
 import keras
 
+from kerasllm._keras_compat import flatten_layers, owns_variables
 from kerasllm.errors import ConfigError
 
 
 def dense_layers(model):
     """Every `keras.layers.Dense` inside `model`, as `{path: layer}` in build order."""
-    return {layer.path: layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.Dense)}
+    return {layer.path: layer for layer in flatten_layers(model) if isinstance(layer, keras.layers.Dense)}
 
 
 def apply_lora(model, rank, alpha=0.0, targets="*/attn/qkv,*/attn/proj", trainable=()):
@@ -54,7 +55,7 @@ def apply_lora(model, rank, alpha=0.0, targets="*/attn/qkv,*/attn/proj", trainab
             f"{', '.join(candidates)}"
         )
     keep = {id(layer) for layer in trainable}
-    for layer in model._flatten_layers(include_self=False, recursive=False):
+    for layer in flatten_layers(model, include_self=False, recursive=False):
         if id(layer) not in keep:
             layer.trainable = False
     for path in chosen:
@@ -90,6 +91,5 @@ def merge_lora(model):
 def _weight_layers(model):
     """Leaf layers that own weights, in a deterministic order."""
     return [
-        layer for layer in model._flatten_layers(include_self=False)
-        if layer._trainable_variables or layer._non_trainable_variables
+        layer for layer in flatten_layers(model, include_self=False) if owns_variables(layer)
     ]

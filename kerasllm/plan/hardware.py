@@ -77,10 +77,10 @@ _ALIASES = {
     "tpu-v5p": "TPUv5p", "cpu": "CPU",
 }
 
-# MFU of our Keras training step on this kind of 2-core host (model FLOP/s / ~300 GFLOP/s fp32
-# matmul peak, /work/shared/MEASURED.md step times): nanoGPT's CPU config 40-88 ms/step ->
-# 0.15-0.33; baby GPT 1.3-1.4 s/step -> ~0.5. Small models sit lower; pass a measured --mfu
-# (benchmarks/plan_vs_measured.py) for a precise estimate.
+# MFU of our Keras training step on a 2-core AVX-512 CPU (model FLOP/s / ~300 GFLOP/s fp32
+# matmul peak; step times in benchmarks/RESULTS.md, "Machine facts the code relies on"):
+# nanoGPT's CPU config 40-88 ms/step -> 0.15-0.33; baby GPT 1.3-1.4 s/step -> ~0.5. Small models
+# sit lower; pass a measured --mfu (benchmarks/plan_vs_measured.py) for a precise estimate.
 CPU_DEFAULT_MFU = 0.30
 
 
@@ -138,7 +138,8 @@ def cpu_hardware(measure=True):
     if measure:
         peaks = {"float32": measure_peak_flops("float32"), "bfloat16": measure_peak_flops("bfloat16")}
         source = "measured here by kerasllm.plan.hardware.measure_peak_flops (TF matmul, n=2048, median)"
-    else:  # a nominal figure for offline planning; see docs/MEASURED: 280-310 GFLOP/s fp32
+    else:  # nominal, for offline planning: a 2-core AVX-512 CPU's TF matmul peak is 280-310
+        # GFLOP/s in float32 and ~60 in bfloat16 (no bfloat16 hardware: emulated, 5x slower)
         peaks = {"float32": 300e9, "bfloat16": 60e9}
         source = "nominal 2-core AVX-512 host (not measured)"
     return Hardware("CPU", peaks, cpu_memory_bytes(), CPU_DEFAULT_MFU, 1, source)

@@ -8,7 +8,6 @@ paths, without the model-name prefix, and the same shapes), so counts equal
 import dataclasses
 
 from kerasllm.errors import ConfigError
-from kerasllm.layers.mlp import default_mlp_hidden
 
 COMPONENTS = ("embeddings", "attention", "mlp", "norms", "head", "recurrent")
 
@@ -39,6 +38,8 @@ def resolve_vocab(model_config, vocab_size=None):
 
 def head_dims(model_config):
     """`(n_head, n_kv_head, head_dim, mlp_hidden)` as the GPT model resolves them."""
+    from kerasllm.layers.mlp import default_mlp_hidden  # loads Keras: not at `plan --help`
+
     c = model_config
     n_kv = c.n_kv_head or c.n_head
     return c.n_head, n_kv, c.n_embd // c.n_head, c.mlp_hidden or default_mlp_hidden(c.n_embd, c.mlp)

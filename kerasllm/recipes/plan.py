@@ -14,7 +14,7 @@ import json
 from kerasllm.errors import ConfigError
 from kerasllm.models.presets import get_preset, preset_names
 from kerasllm.plan.planner import STRATEGIES, check_counts, parse_count, plan
-from kerasllm.recipes.cli import run_cli
+from kerasllm.recipes.cli import add_verbose_flag, run_cli
 
 _SWITCH = {"auto": None, "on": True, "off": False}
 
@@ -46,6 +46,7 @@ def build_parser():
     parser.add_argument("--inference-batch", type=int, default=1, help="batch of the KV-cache estimate")
     parser.add_argument("--no-measure", action="store_true", help="use a nominal CPU peak instead of measuring it")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    add_verbose_flag(parser)
     return parser
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from kerasllm.config import describe_keys, load_config
 from kerasllm.data.corpus import dataset_names
-from kerasllm.recipes.cli import run_cli
+from kerasllm.recipes.cli import add_verbose_flag, run_cli
 
 
 def build_parser():
@@ -50,6 +50,7 @@ def build_parser():
         help="allow --output to hold another kind of run (e.g. a fine-tuned classifier); it is deleted first",
     )
     parser.add_argument("--no-sample", action="store_true", help="skip the generated sample at the end")
+    add_verbose_flag(parser)
     return parser
 
 

@@ -12,8 +12,9 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 def resolve_precision(precision, strategy_kind="default", gpus=None):
     """The policy name `precision` means on this machine.
 
-    `auto` is mixed_bfloat16 on TPU, mixed_float16 on GPU and float32 on CPU (where bfloat16 is
-    slower: see /work/shared/MEASURED.md).
+    `auto` is mixed_bfloat16 on TPU, mixed_float16 on GPU and float32 on CPU: a CPU without
+    bfloat16 hardware trains 2.4-3.2x slower in `mixed_bfloat16` (benchmarks/RESULTS.md,
+    "Machine facts the code relies on").
 
     Examples:
 

@@ -10,6 +10,7 @@ tokenizer and data settings (`[model]`, `[data]`: a difference is an error namin
 end (`lr_decay_steps`, 0: `max_steps`) moving with `max_steps`.
 """
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -20,6 +21,7 @@ import time
 
 import keras
 
+from kerasllm._keras_compat import multi_worker_reductions
 from kerasllm.data import lm_dataset
 from kerasllm.data.prepare import prepare_lm_data
 from kerasllm.errors import ConfigError, Interrupted, RunError
@@ -107,7 +109,7 @@ def pretrain(config, output_dir, restart=False, overwrite=False, log=print, verb
             deleted first.
         log: function printing progress lines.
         verbose: Keras `fit` verbosity.
-        callbacks: extra Keras callbacks for `fit` (e.g. `kerasllm.notebook.LiveLossPlot`).
+        callbacks: extra Keras callbacks for `fit` (e.g. `kerasllm.training.live.LiveLossPlot`).
 
     Returns:
         `(model, tokenizer, metrics)`.
@@ -139,9 +141,10 @@ def pretrain(config, output_dir, restart=False, overwrite=False, log=print, verb
             flops=_flops(config, config.train, placement, log), extra=callbacks, log=log,
         )
         _describe(config, model, plan, log)
-        history, signum = _fit(model, plan, train_ds, val_ds, cbs, placement, verbose)
-        _check_outcome(run, cbs, config, resume, signum)
-        metrics = _finish(run, config, model, data.tokenizer, history, cbs, val_ds, placement, policy, started)
+        with _keras_workarounds(model, placement, val_ds):
+            history, signum = _fit(model, plan, train_ds, val_ds, cbs, placement, verbose)
+            _check_outcome(run, cbs, config, resume, signum)
+            metrics = _finish(run, config, model, data.tokenizer, history, cbs, val_ds, placement, policy, started)
     return model, data.tokenizer, metrics
 
 
@@ -293,6 +296,13 @@ def _datasets(config, data):
     return train_ds, val_ds
 
 
+def _keras_workarounds(model, placement, val_ds):
+    """The Keras internals multi-worker training needs patched, undone when training ends."""
+    if placement.kind != "multi_worker":
+        return contextlib.nullcontext()
+    return multi_worker_reductions(model, placement.strategy, next(iter(val_ds)))
+
+
 def _describe(config, model, plan, log):
     train, block = config.train, config.model.block_size
     log(
@@ -311,8 +321,6 @@ def _fit(model, plan, train_ds, val_ds, cbs, placement, verbose):
     Returns:
         `(history, signum)`: the merged Keras history, and the signal that stopped the run or None.
     """
-    if placement.kind == "multi_worker":
-        _prebuild_for_multi_worker(model, placement, val_ds)
     history = {}
     callbacks = cbs.ordered()
     with GracefulStop(cbs.interrupt) as stop, placement.fit_scope():
@@ -386,34 +394,6 @@ def _finish(run, config, model, tokenizer, history, cbs, val_ds, placement, poli
         metrics["val_bits_per_char"] = metrics["val_bits_per_token"]
     run.write_json(run.metrics_path, metrics)
     return metrics
-
-
-def _prebuild_for_multi_worker(model, placement, dataset):
-    # Keras' fit() builds metrics from the first distributed batch averaged with
-    # strategy.reduce("MEAN"), which MultiWorkerMirroredStrategy cannot do for int32 token ids
-    # (TF 2.21 / Keras 3.15: "Attempt to convert a value (PerReplica...)"): build from one local
-    # batch instead and skip that step.
-    with placement.strategy.scope():
-        model._symbolic_build(data_batch=next(iter(dataset)))
-    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
-    # The same Keras averages each step's scalar logs with reduce("MEAN", v, axis=0), which
-    # fails on scalars ("Invalid reduction dimension 0"): average them over replicas instead.
-    from keras.src.backend.tensorflow import trainer as tf_trainer
-
-    original = tf_trainer.reduce_per_replica
-    if getattr(original, "kerasllm_patched", False):
-        return
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
-            return keras.tree.map_structure(
-                lambda v: strategy.reduce("MEAN", v, axis=None) if tf_trainer._is_per_replica_instance(v) else v,
-                values,
-            )
-        return original(values, strategy, reduction)
-
-    reduce_per_replica.kerasllm_patched = True
-    tf_trainer.reduce_per_replica = reduce_per_replica
 
 
 def _flops(config, train, placement, log):
