@@ -116,7 +116,7 @@ def tiny(arch):
 @pytest.mark.parametrize("arch", ["gpt", "lstm"])
 def test_batch_rows_equal_rows_alone(arch):
     """Ragged rows, per-row settings and seed + i: each row is exactly that row generated alone."""
-    generator = Generator(tiny(arch))
+    generator = Generator(tiny(arch), jit_compile=False)  # the slow tests cover XLA
     prompts = [[1, 2, 3, 4, 5], [6], [7, 8, 9]]
     temperature, top_k, top_p = [0.8, 0.0, 1.5], [5, 0, 0], [1.0, 1.0, 0.8]
     batch = generator.generate(prompts, 9, temperature=temperature, top_k=top_k, top_p=top_p, seed=11)
@@ -132,7 +132,7 @@ def test_batch_rows_equal_rows_alone(arch):
 
 def test_generation_past_the_context_is_the_streamed_text():
     """Past a GPT's context, generate() and stream() slide the same window."""
-    generator = Generator(tiny("gpt"))
+    generator = Generator(tiny("gpt"), jit_compile=False)
     out = generator.generate([[1, 2, 3]], 45, temperature=1.0, top_k=6, seed=2)[0]  # context 32
     streamed = np.concatenate(list(generator.stream([[1, 2, 3]], 45, temperature=1.0, top_k=6, seed=2)))
     np.testing.assert_array_equal(out[3:], streamed)
@@ -167,3 +167,25 @@ def test_generate_and_stream_agree_on_jax(tmp_path):
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
                             cwd=REPO_ROOT, timeout=600)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--top-k", "-3"), ("--temperature", "nan"), ("--temperature", "-0.5"), ("--top-p", "0"), ("--top-p", "1.5"),
+])
+def test_generate_cli_rejects_bad_sampler_flags(flag, value, tmp_path):
+    from kerasllm.errors import ConfigError
+    from kerasllm.recipes.generate import main
+
+    with pytest.raises(ConfigError, match=f"^{flag} "):  # before any run directory is read
+        main(["--model", str(tmp_path / "nope"), "--prompt", "x", flag, value])
+
+
+@pytest.mark.slow
+def test_no_stream_caps_a_gpt_at_its_context(run):
+    cli = run_module("kerasllm.recipes.generate", "--model", run["dir"], "--prompt", PROMPT,
+                     "--max-new-tokens", 1000000000, "--no-stream", "--temperature", 0)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert "capped at the model's context (32 tokens)" in cli.stderr
+    ids = run["tokenizer"].encode(PROMPT)
+    capped = Generator(run["model"], run["tokenizer"]).generate([ids], 32, temperature=0)[0][len(ids):]
+    assert cli.stdout == PROMPT + run["tokenizer"].decode(capped) + "\n"
