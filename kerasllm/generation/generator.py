@@ -127,7 +127,6 @@ class Generator:
         self._sample = _compile(sample_tokens, jit_compile)
         self._beam_loops = {}  # (num_beams, stop ids) -> compiled keras-hub beam search
 
-    # --- public API ----------------------------------------------------------------------
     def _prompt_rows(self, prompt):
         if isinstance(prompt, str):
             if self.tokenizer is None:
@@ -139,6 +138,7 @@ class Generator:
         start_id = self.tokenizer.eos_id if self.tokenizer is not None else 0
         return [r if len(r) else np.array([start_id], np.int32) for r in rows]
 
+    # --- public API ----------------------------------------------------------------------
     def generate(self, prompt, max_new_tokens=100, temperature=1.0, top_k=0, top_p=1.0, seed=None,
                  num_beams=1, length_penalty=1.0, stop_ids=(), stop=(), use_cache=True):
         """Generates `max_new_tokens` after each prompt.
@@ -146,10 +146,10 @@ class Generator:
         Args:
             prompt: a string (needs a tokenizer) or a batch of id sequences (lengths may differ).
             max_new_tokens: new tokens per row.
-            temperature: 0 is greedy; otherwise the softmax temperature.
+            temperature: 0 is greedy; otherwise the softmax temperature. A number or one per row
+                (as are `top_k` and `top_p`).
             top_k: sample among the k likeliest tokens (0: all).
             top_p: nucleus sampling mass (1: off).
-            top_k, top_p, temperature: a number, or one per row.
             seed: an int (row `i` uses `seed + i`), one int per row, or None (a fresh random
                 seed). A row's tokens depend only on its prompt, settings and seed.
             num_beams: beam search with this many beams when > 1 (deterministic); returns the

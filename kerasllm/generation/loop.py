@@ -81,6 +81,18 @@ def decode(model, buffer, lengths, max_new_tokens, sampling, stop_ids):
 
     Returns:
         int32 `(batch, length)`: each row's prompt and new tokens (later slots unspecified).
+
+    Examples:
+
+    >>> import numpy as np
+    >>> from kerasllm.generation.sampling import sampling_inputs
+    >>> from kerasllm.models import GPT
+    >>> model = GPT(vocab_size=20, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    >>> buffer = np.array([[1, 2, 3, 0, 0, 0, 0, 0], [4, 0, 0, 0, 0, 0, 0, 0]], "int32")
+    >>> out = decode(model, buffer, np.array([3, 1], "int32"), 4, sampling_inputs(2, temperature=0),
+    ...              np.zeros([0], "int32"))
+    >>> tuple(out.shape), ops.convert_to_numpy(out)[0, :3].tolist()
+    ((2, 8), [1, 2, 3])
     """
     batch, length = ops.shape(buffer)[0], ops.shape(buffer)[1]
     lengths = ops.cast(lengths, "int32")
