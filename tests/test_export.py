@@ -15,8 +15,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import run_module
-from kerasllm.export import ClassifierServer, LanguageModelServer, export_versioned, next_version, sample_tokens
 from kerasllm.errors import RunError
+from kerasllm.export import ClassifierServer, LanguageModelServer, export_versioned, next_version
 from kerasllm.export import saving
 from kerasllm.export.graph import saved_op_types
 from kerasllm.generation import Generator
@@ -72,22 +72,6 @@ def char_tokenizer():
     return CharTokenizer.train([TEXT])
 
 
-# --- sampling -------------------------------------------------------------------------------
-def test_sampling_modes():
-    logits = tf.constant(np.random.default_rng(0).normal(size=(64, 30)) * 3, tf.float32)
-    best = np.argmax(logits.numpy(), axis=-1)
-    assert (sample_tokens(logits, 0.0, 0, 1.0, 0, 0).numpy() == best).all()
-    assert (sample_tokens(logits, 1.0, 1, 1.0, 5, 1).numpy() == best).all()  # top-1
-    assert (sample_tokens(logits, 1.0, 0, 1e-6, 5, 1).numpy() == best).all()  # tiny nucleus
-    top3 = np.argsort(-logits.numpy(), axis=-1)[:, :3]
-    draws = sample_tokens(logits, 2.0, 3, 1.0, 9, 2).numpy()
-    assert all(d in row for d, row in zip(draws, top3))
-    first = sample_tokens(logits, 1.0, 0, 0.9, 11, 4).numpy()
-    assert (sample_tokens(logits, 1.0, 0, 0.9, 11, 4).numpy() == first).all()  # seeded
-    assert (sample_tokens(logits, 1.0, 0, 0.9, 12, 4).numpy() != first).any()
-    assert (draws != best).any()  # really samples
-
-
 # --- language models, in process --------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("arch, options", [
@@ -139,6 +123,8 @@ def test_context_limits_and_bad_inputs(char_tokenizer):
     out = server.generate(tf.constant([long_prompt]), 6, 0.0, 0, 1.0, 0)
     np.testing.assert_array_equal(out["token_ids"].numpy(), python_generate(model, tok, [long_prompt[-10:]], 6))
     assert server.generate(tf.constant([""]), 0, 0.0, 0, 1.0, 0)["text"].numpy().tolist() == [b""]
+    empty = server.generate(tf.zeros([0], tf.string), 4, 0.8, 5, 0.9, 1)  # as score and classify do
+    assert empty["token_ids"].shape == (0, 4) and empty["text"].shape == (0,) and empty["prompt_tokens"].shape == (0,)
     window = np.array([tok.encode(long_prompt)], np.int32)
     np.testing.assert_allclose(
         server.next_token_logits(tf.constant(window))["logits"].numpy(),
@@ -148,6 +134,9 @@ def test_context_limits_and_bad_inputs(char_tokenizer):
     bad = [
         (lambda: server.generate(tf.constant(["to"]), -1, 0.0, 0, 1.0, 0), "max_new_tokens must be >= 0"),
         (lambda: server.generate(tf.constant(["to"]), 3, -1.0, 0, 1.0, 0), "temperature must be >= 0"),
+        (lambda: server.generate(tf.constant(["to"]), 3, float("nan"), 0, 1.0, 0), "temperature must be a finite"),
+        (lambda: server.generate(tf.constant(["to"]), 3, 1.0, -3, 1.0, 0), "top_k must be >= 0"),
+        (lambda: server.generate(tf.constant(["to"]), 3, 1.0, 0, 0.0, 0), "top_p must be in (0, 1]"),
         (lambda: server.generate(tf.constant(["to"]), 3, 1.0, 0, 1.5, 0), "top_p must be in (0, 1]"),
         (lambda: server.next_token_logits(tf.constant([[1, 999]])), "token ids must be < vocab_size"),
         (lambda: server.next_token_logits(tf.constant([[-1]])), "token ids must be >= 0"),
@@ -337,6 +326,11 @@ def test_export_cli_on_a_pretrain_run(tmp_path, tiny_overrides):
                  "output perplexity       float32  [batch]", "signature 'next_token_logits'",
                  "max_new_tokens is capped at min(8, block_size - 1)"]:
         assert line in readme, readme
+    # The README's own Python example runs (it once passed top_p=0.0, which the graph rejects).
+    example = next(line for line in readme.splitlines() if line.startswith("Python: "))[len("Python: "):]
+    namespace = {"tf": tf, "PATH": str(base / "1")}
+    exec(example.replace("m.signatures", "out = m.signatures"), namespace)
+    assert namespace["out"]["token_ids"].shape[0] == 1
 
     again = run_module("kerasllm.recipes.export", "--model", run, "--output", base, "--version", "2")
     assert again.returncode == 2 and "already exists" in again.stderr
@@ -384,8 +378,8 @@ def test_keras_files_reload_in_safe_mode(tmp_path):
 def test_docstring_examples_run():
     import doctest
 
-    from kerasllm.export import classifier, lm, sampling
+    from kerasllm.export import classifier, lm
 
-    for module in (sampling, lm, classifier):
+    for module in (lm, classifier):
         failures, tried = doctest.testmod(module)
         assert tried > 0 and failures == 0, module.__name__

@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from kerasllm.generation import Generator, sample_next
+from keras import ops
+
+from kerasllm.generation import Generator, sample_tokens
 from kerasllm.models import GPT, LSTMLanguageModel
 
 
@@ -49,16 +51,43 @@ def test_lstm_generation_matches_full_forward():
         assert out[0, t] == logits[0, -1].argmax()
 
 
-def test_samplers():
-    rng = np.random.default_rng(0)
-    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]]))
-    draws = np.array([sample_next(logits, rng, top_k=2)[0] for _ in range(300)])
-    assert set(draws) <= {0, 1}
-    draws = np.array([sample_next(logits, rng, top_p=0.7)[0] for _ in range(300)])
-    assert set(draws) <= {0, 1} and (draws == 1).any()
-    assert sample_next(logits, rng, temperature=0)[0] == 0
-    draws = np.array([sample_next(logits, rng, temperature=1.0)[0] for _ in range(4000)])
-    np.testing.assert_allclose(np.bincount(draws, minlength=4) / 4000, [0.5, 0.3, 0.15, 0.05], atol=0.03)
+def test_sampler_modes():
+    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]], np.float32))
+
+    def draws(n, **settings):
+        merged = dict(dict(temperature=1.0, top_k=0, top_p=1.0), **settings)
+        batch = np.repeat(logits, n, axis=0)  # n rows, n seeds: n independent draws
+        return ops.convert_to_numpy(sample_tokens(batch, merged["temperature"], merged["top_k"], merged["top_p"],
+                                                  np.arange(n, dtype=np.int32), 3))
+
+    assert set(draws(300, top_k=2)) == {0, 1}
+    assert set(draws(300, top_p=0.7)) == {0, 1}
+    assert set(draws(300, temperature=0.0)) == {0}
+    np.testing.assert_allclose(np.bincount(draws(4000), minlength=4) / 4000, [0.5, 0.3, 0.15, 0.05], atol=0.03)
+    # Settings per row: a greedy row, a top-1 row and a free row in one call.
+    mixed = sample_tokens(np.repeat(logits, 3, axis=0), np.array([0.0, 1.0, 1.0], np.float32),
+                          np.array([0, 1, 0], np.int32), 1.0, np.array([1, 2, 3], np.int32), 0)
+    assert ops.convert_to_numpy(mixed)[:2].tolist() == [0, 0]
+
+
+def test_draws_are_keyed_by_row_seed_and_position():
+    logits = np.zeros((4, 50), np.float32)  # uniform: the draw alone picks the token
+    a = ops.convert_to_numpy(sample_tokens(logits, 1.0, 0, 1.0, np.array([5, 6, 7, 8], np.int32), 9))
+    b = ops.convert_to_numpy(sample_tokens(logits[:2], 1.0, 0, 1.0, np.array([7, 8], np.int32), 9))
+    np.testing.assert_array_equal(a[2:], b)  # independent of the other rows
+    c = ops.convert_to_numpy(sample_tokens(logits, 1.0, 0, 1.0, np.array([5, 6, 7, 8], np.int32), 10))
+    assert (a != c).any()  # another position, other draws
+
+
+@pytest.mark.parametrize("argument, value", [
+    ("temperature", float("nan")), ("temperature", -1.0), ("top_k", -3), ("top_k", 1.5),
+    ("top_p", 0.0), ("top_p", 1.5), ("max_new_tokens", -1), ("seed", 1.5),
+])
+def test_bad_sampler_arguments_name_the_argument(gpt, argument, value):
+    with pytest.raises(ValueError, match=argument):
+        Generator(gpt).generate([[1, 2]], **dict({"max_new_tokens": 3}, **{argument: value}))
+    with pytest.raises(ValueError, match=argument):
+        Generator(gpt).stream([[1, 2]], **dict({"max_new_tokens": 3}, **{argument: value}))
 
 
 def test_ragged_batch_rows_equal_single_rows(gpt):
@@ -69,15 +98,16 @@ def test_ragged_batch_rows_equal_single_rows(gpt):
         np.testing.assert_array_equal(row, generator.generate([prompt], 6, temperature=0)[0])
 
 
-def test_compiled_loop_is_reused_and_seeded(gpt):
+def test_compiled_loop_is_reused_across_calls_and_settings(gpt):
     generator = Generator(gpt)
     a = generator.generate([[1, 2]], 8, temperature=1.0, top_p=0.9, seed=5)
     b = generator.generate([[1, 2]], 8, temperature=1.0, top_p=0.9, seed=5)
     np.testing.assert_array_equal(a, b)
-    (_, loop, _), = generator._loops.values()
-    assert loop.experimental_get_tracing_count() == 1
-    generator.generate([[3, 4]], 8, temperature=1.0, top_p=0.9, seed=6)
-    assert loop.experimental_get_tracing_count() == 1
+    assert generator._decode.experimental_get_tracing_count() == 1
+    c = generator.generate([[3, 4, 5]], 9, temperature=0.7, top_k=4, top_p=1.0, seed=6)
+    generator.generate([[3, 4]], 2, temperature=0.0)
+    assert generator._decode.experimental_get_tracing_count() == 1  # same batch and bucket
+    assert c.shape == (1, 12)
 
 
 def test_beam_search_scores_at_least_greedy(gpt):

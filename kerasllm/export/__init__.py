@@ -8,7 +8,6 @@
 
 from kerasllm.export.classifier import ClassifierServer
 from kerasllm.export.lm import LanguageModelServer
-from kerasllm.export.sampling import sample_tokens
 from kerasllm.export.saving import export_versioned, next_version, save_module
 
 __all__ = [
@@ -16,6 +15,5 @@ __all__ = [
     "LanguageModelServer",
     "export_versioned",
     "next_version",
-    "sample_tokens",
     "save_module",
 ]

@@ -10,8 +10,8 @@ from kerasllm.export.graph import (
     tokenizer_resources,
     traced_portably,
 )
-from kerasllm.export.sampling import sample_tokens
-from kerasllm.models import GPT, LSTMLanguageModel
+from kerasllm.generation import loop
+from kerasllm.generation.generator import DECODING_INTERFACE
 
 GENERATE_SIGNATURE = [
     tf.TensorSpec([None], tf.string, name="prompt"),
@@ -46,7 +46,9 @@ class LanguageModelServer(tf.Module):
     * `generate(prompt, max_new_tokens, temperature, top_k, top_p, seed)` ->
       `text` (string `[batch]`, the continuation only), `token_ids` (int32
       `[batch, new_tokens]`), `prompt_tokens` (int32 `[batch]`, prompt tokens used).
-      Decoding is exactly the in-Python `Generator.generate` (greedy when temperature is 0).
+      Decoding is `Generator.generate`'s loop and sampler (greedy when temperature is 0), so
+      the same prompt and settings give the same tokens; row `i` of a batch samples with seed
+      `seed + i`, as `Generator.generate(..., seed=seed)` does. An empty batch gives an empty one.
       A GPT's prompt and continuation must fit its context: `max_new_tokens` is capped at
       `min(max_new_tokens cap, block_size - 1)` and prompts keep their last
       `block_size - max_new_tokens` tokens (`truncate="left"`) or fail (`truncate="error"`).
@@ -84,7 +86,7 @@ class LanguageModelServer(tf.Module):
 
     def __init__(self, model, tokenizer, max_new_tokens=256, truncate="left", score_stride=0, name="language_model"):
         super().__init__(name=name)
-        if not isinstance(model, (GPT, LSTMLanguageModel)):
+        if not all(hasattr(model, name) for name in DECODING_INTERFACE):
             raise ConfigError(f"a language model export needs a GPT or LSTMLanguageModel, got {type(model).__name__}")
         if truncate not in ("left", "error"):
             raise ConfigError(f"export.truncate = {truncate!r}: expected 'left' or 'error'")
@@ -96,11 +98,11 @@ class LanguageModelServer(tf.Module):
             )
         if not model.built:
             model.build((None, None))
-        self.is_gpt = isinstance(model, GPT)
+        self.context = model.context_length  # None: no limit
         self.block_size = int(model.block_size)
         self.vocab_size = int(model.vocab_size)
         self.truncate = truncate
-        self.max_new_tokens = min(max_new_tokens, self.block_size - 1) if self.is_gpt else max_new_tokens
+        self.max_new_tokens = max_new_tokens if self.context is None else min(max_new_tokens, self.context - 1)
         if self.max_new_tokens < 1:
             raise ConfigError(f"model.block_size = {self.block_size} leaves no room to generate")
         self.score_stride = min(score_stride or max(self.block_size // 2, 1), self.block_size)
@@ -132,13 +134,11 @@ class LanguageModelServer(tf.Module):
 
     def describe(self):
         """Facts for the export's README."""
-        cap = (
-            f"min({self.max_new_tokens}, block_size - 1)" if self.is_gpt else str(self.max_new_tokens)
-        )
+        cap = str(self.max_new_tokens) if self.context is None else f"min({self.max_new_tokens}, block_size - 1)"
         prompts = (
             f"prompts longer than {self.block_size} - max_new_tokens tokens are "
             + ("left-truncated" if self.truncate == "left" else "rejected (InvalidArgument)")
-            if self.is_gpt
+            if self.context is not None
             else "prompts of any length (the LSTM has no context limit)"
         )
         return [
@@ -156,6 +156,8 @@ class LanguageModelServer(tf.Module):
         checks = [
             tf.debugging.assert_non_negative(max_new_tokens, message="generate: max_new_tokens must be >= 0"),
             tf.debugging.assert_non_negative(temperature, message="generate: temperature must be >= 0"),
+            tf.debugging.assert_equal(tf.math.is_finite(temperature), True,
+                                      message="generate: temperature must be a finite number"),
             tf.debugging.assert_non_negative(top_k, message="generate: top_k must be >= 0 (0: off)"),
             tf.debugging.assert_positive(top_p, message="generate: top_p must be in (0, 1]"),
             tf.debugging.assert_less_equal(top_p, 1.0, message="generate: top_p must be in (0, 1]"),
@@ -163,10 +165,10 @@ class LanguageModelServer(tf.Module):
         with tf.control_dependencies(checks):
             new = tf.minimum(max_new_tokens, self.max_new_tokens)
         ids = encode(tokenizer, prompt)
-        if self.is_gpt:
-            limit = self.block_size - new
+        if self.context is not None:
+            limit = self.context - new
             if self.truncate == "error":
-                longest = tf.cast(tf.reduce_max(ids.row_lengths()), tf.int32)
+                longest = tf.cast(tf.reduce_max(tf.concat([ids.row_lengths(), [0]], 0)), tf.int32)
                 check = tf.debugging.assert_less_equal(
                     longest, limit,
                     message=f"generate: prompt too long; prompt tokens + max_new_tokens must be <= "
@@ -176,44 +178,23 @@ class LanguageModelServer(tf.Module):
                     ids = tf.identity(ids)
             ids = ids[:, -limit:]
         prompt_tokens = tf.cast(ids.row_lengths(), tf.int32)
+        batch = tf.shape(prompt_tokens)[0]
         # Empty prompts start from <eos>, the document boundary, as Generator does.
         lengths = tf.maximum(prompt_tokens, 1)
-        total = tf.reduce_max(lengths) + new
-        buffer = ids.to_tensor(default_value=self.pad_id)
-        buffer = tf.pad(buffer, [[0, 0], [0, total - tf.shape(buffer)[1]]], constant_values=self.pad_id)
+        total = tf.reduce_max(tf.concat([lengths, [1]], 0)) + new
+        buffer = ids.to_tensor(default_value=self.pad_id, shape=[batch, total])
         positions = tf.range(total)[None, :]
         buffer = tf.where((prompt_tokens[:, None] == 0) & (positions == 0), self.eos_id, buffer)
-        is_prompt = positions < lengths[:, None]
-        batch = tf.shape(buffer)[0]
+        sampling = {
+            "temperature": temperature, "top_k": top_k, "top_p": top_p,
+            "seeds": seed + tf.range(batch),  # row i: seed + i, as Generator.generate
+        }
 
-        # The decoding loop of keras-hub's samplers (as Generator runs it): step i feeds token
-        # i - 1 and writes token i, keeping prompt tokens where a row's prompt is longer.
-        if self.is_gpt:
-            cache = model.init_cache(batch, total)
-            _, cache = model.call_with_cache(buffer, cache, 0)  # prefill every slot at once
-            start = tf.reduce_min(lengths)
+        def decode():  # the loop of Generator.generate (kerasllm.generation.loop)
+            return loop.decode(model, buffer, lengths, new, sampling, tf.zeros([0], tf.int32))
 
-            def step(token, cache, index):
-                logits, cache = model.call_with_cache(token[:, None], cache, index)
-                return logits[:, 0], cache
-        else:
-            cache = model.init_state(batch)
-            start = tf.constant(1)
-
-            def step(token, cache, index):
-                logits, cache = model.call_with_state(token[:, None], cache)
-                return logits[:, 0], cache
-
-        def body(index, buffer, cache):
-            logits, cache = step(buffer[:, index - 1], cache, index - 1)
-            token = sample_tokens(logits, temperature, top_k, top_p, seed, index)
-            token = tf.where(is_prompt[:, index], buffer[:, index], token)
-            buffer = tf.where(positions == index, token[:, None], buffer)
-            return index + 1, buffer, cache
-
-        _, buffer, _ = tf.while_loop(
-            lambda index, buffer, cache: index < total, body, (start, buffer, cache)
-        )
+        # An empty batch has no shortest prompt to start from: it returns an empty batch.
+        buffer = tf.cond(batch > 0, decode, lambda: buffer)
         new_ids = tf.gather(buffer, lengths[:, None] + tf.range(new)[None, :], batch_dims=1)
         return {
             "text": tokenizer.tf_decode(new_ids),
@@ -259,7 +240,7 @@ class LanguageModelServer(tf.Module):
                 tf.shape(token_ids)[1], message="next_token_logits: token_ids needs at least one token"
             )
         )
-        if self.is_gpt:
+        if self.context is not None:
             if self.truncate == "error":
                 checks.append(
                     tf.debugging.assert_less_equal(

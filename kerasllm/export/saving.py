@@ -44,9 +44,10 @@ def example_call(server):
     """A Python call of the first named (non-default) signature, with TensorFlow only."""
     name, function = [(n, f) for n, f in server.signatures().items() if n != "serving_default"][0]
     examples = {tf.string: "['Hello']", tf.float32: "0.0", tf.int32: "16"}
+    by_name = {"top_k": "0", "top_p": "1.0", "seed": "0"}  # values every input accepts
     args = []
     for spec in function.input_signature:
-        value = examples[spec.dtype] if spec.shape.rank != 2 else "[[5, 6, 7]]"
+        value = by_name.get(spec.name, examples[spec.dtype]) if spec.shape.rank != 2 else "[[5, 6, 7]]"
         args.append(f"{spec.name}=tf.constant({value})")
     return f"m = tf.saved_model.load(PATH); m.signatures[{name!r}]({', '.join(args)})"
 

@@ -1,28 +1,32 @@
-"""Text generation with a key/value cache (GPT) or recurrent state (LSTM).
+"""Text generation from a model with the cached-decoding interface (`GPT`, `LSTMLanguageModel`).
 
-Two paths share one model interface:
+* `generate()` runs the decoding loop of `kerasllm.generation.loop` compiled (XLA on
+  TensorFlow, `jax.jit` on JAX): the prompts fill the cache at once (prefill), then one token
+  per loop step. It is compiled once per (batch size, buffer length) — buffer lengths are
+  rounded up to a multiple of 64, and the loop stops at prompt + max_new_tokens, not at the
+  buffer's end — and reused across calls; the sampler settings are inputs, not constants.
+* `stream()` calls the same compiled prefill and step from Python and yields tokens as they
+  come (for the CLI and notebooks); it slides the window when a GPT's context is exhausted.
+* `beam_search()` is keras-hub's `BeamSampler` over the same cache.
 
-* `generate()` runs the whole decoding loop compiled (XLA on TensorFlow) with a keras-hub
-  sampler: the prompt is run once to fill the cache (prefill), then one token per loop step
-  against the cache. The loop is compiled once per (sampler settings, batch size, buffer
-  length) — buffer lengths are rounded up to a multiple of 64 — and reused across calls.
-* `stream()` drives the same cached steps from Python and yields tokens as they come (for the
-  CLI and notebooks), and slides the window when a GPT's context is exhausted.
-
-Prompts in a batch may have different lengths: rows are right-padded and, as keras-hub does,
-each row's remaining prompt tokens are forced while the shorter rows already sample.
+Sampling is `kerasllm.generation.sampling.sample_tokens`, whose random draws are keyed by each
+row's (seed, position): row `i` of a batch gets exactly the tokens it gets alone with its seed
+(`seed + i` for an int seed), on every path, the SavedModel export's included.
 """
+
+import functools
 
 import keras
 import keras_hub
 import numpy as np
 from keras import ops
 
-from kerasllm.generation.sampling import sample_next
+from kerasllm.generation import loop
+from kerasllm.generation.sampling import sample_tokens, sampling_inputs
 from kerasllm.generation.stopping import StopStrings
-from kerasllm.models import GPT, LSTMLanguageModel
 
 BUCKET = 64
+DECODING_INTERFACE = ("init_cache", "call_with_cache", "context_length")
 
 
 def _compile(fn, jit_compile):
@@ -38,17 +42,10 @@ def _compile(fn, jit_compile):
     return fn
 
 
-def make_sampler(temperature=1.0, top_k=0, top_p=1.0, num_beams=1, seed=None):
-    """The keras-hub sampler for these settings (greedy when `temperature == 0`)."""
-    if num_beams > 1:
-        return keras_hub.samplers.BeamSampler(num_beams=num_beams, return_all_beams=True)
-    if temperature <= 0:
-        return keras_hub.samplers.GreedySampler()
-    if top_p < 1.0:
-        return keras_hub.samplers.TopPSampler(p=top_p, k=top_k or None, seed=seed, temperature=temperature)
-    if top_k > 0:
-        return keras_hub.samplers.TopKSampler(k=top_k, seed=seed, temperature=temperature)
-    return keras_hub.samplers.RandomSampler(seed=seed, temperature=temperature)
+def _count(name, value, minimum=0):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}={value!r}: expected an integer >= {minimum}")
+    return int(value)
 
 
 def _beam_next(next_fn, lengths, ends, stop_ids):
@@ -87,30 +84,12 @@ def _beam_next(next_fn, lengths, ends, stop_ids):
     return wrapped
 
 
-class _LoopLimit:
-    """Ends a keras-hub sampler's decoding loop at a traced index instead of the buffer's end.
-
-    Buffers are padded to a multiple of `BUCKET` so that one compiled loop serves many lengths;
-    without a limit the loop would also decode the padding (63 wasted steps for one new token).
-    """
-
-    def __init__(self, sampler):
-        self.limit = None  # set by the compiled loop while tracing: its `stop_at` input
-        run_loop = sampler.run_loop
-
-        def bounded(cond, body, model=None, loop_vars=None, maximum_iterations=None):
-            limit = self.limit
-
-            def cond_fn(*state):  # state[2] is the index for every keras-hub sampler
-                return ops.logical_and(cond(*state), state[2] < limit)
-
-            return run_loop(cond_fn, body, model=model, loop_vars=loop_vars, maximum_iterations=maximum_iterations)
-
-        sampler.run_loop = bounded
-
-
 class Generator:
     """Generates continuations from a trained `GPT` or `LSTMLanguageModel`.
+
+    Any model with keras-hub's cached-decoding interface works: `init_cache(batch_size,
+    max_length)`, `call_with_cache(token_ids, cache, cache_index, padding_mask=None)` and a
+    `context_length` property (None: no limit).
 
     Args:
         model: the language model.
@@ -126,121 +105,40 @@ class Generator:
     (1, 8)
     >>> generator.generate([[1, 2, 3], [4]], max_new_tokens=2, temperature=0)[1].shape
     (3,)
+    >>> a = generator.generate([[1, 2], [3, 4]], 4, temperature=0.8, top_k=5, seed=7)
+    >>> b = generator.generate([[3, 4]], 4, temperature=0.8, top_k=5, seed=8)  # row 1: seed + 1
+    >>> bool((a[1] == b[0]).all())
+    True
     """
 
     def __init__(self, model, tokenizer=None, jit_compile=True):
-        if not isinstance(model, (GPT, LSTMLanguageModel)):
-            raise TypeError(f"Generator needs a GPT or LSTMLanguageModel, got {type(model).__name__}")
+        missing = [name for name in DECODING_INTERFACE if not hasattr(model, name)]
+        if missing:
+            raise TypeError(f"Generator needs a model with {', '.join(DECODING_INTERFACE)} "
+                            f"(a GPT or LSTMLanguageModel); {type(model).__name__} lacks {', '.join(missing)}")
         self.model = model
         self.tokenizer = tokenizer
         self.jit_compile = jit_compile
-        self.is_gpt = isinstance(model, GPT)
-        self.context = model.block_size
-        self._loops = {}  # sampler settings -> (sampler, compiled loop, initial seed state)
-        if self.is_gpt:
-            self._prefill = _compile(self._gpt_prefill, jit_compile)
-            self._step = _compile(self._gpt_step, jit_compile)
-            self._full = _compile(self._gpt_full, jit_compile)
-        else:
-            self._prefill = _compile(self._lstm_prefill, False)  # variable prompt lengths
-            self._step = _compile(self._lstm_step, jit_compile)
+        self.context = model.context_length  # None: no limit
+        self._decode = _compile(functools.partial(loop.decode, model), jit_compile)
+        self._prefill = _compile(functools.partial(loop.prefill, model), jit_compile)
+        self._advance = _compile(functools.partial(loop.advance, model), jit_compile)
+        self._full = _compile(functools.partial(loop.last_logits, model), jit_compile)
+        self._sample = _compile(sample_tokens, jit_compile)
+        self._beam_loops = {}  # (num_beams, stop ids) -> compiled keras-hub beam search
 
-    # --- model steps ---------------------------------------------------------------------
-    def _gpt_prefill(self, ids, lengths):
-        # ids: (B, S) right-padded to the cache length. Padding writes cache slots beyond each
-        # prompt, but every slot is rewritten by a decode step before it is attended to.
-        cache = self.model.init_cache(ops.shape(ids)[0], ops.shape(ids)[1])
-        logits, cache = self.model.call_with_cache(ids, cache, 0)
-        last = ops.take_along_axis(logits, ops.reshape(lengths - 1, (-1, 1, 1)), axis=1)
-        return last[:, 0], cache  # (B, V), cache
-
-    def _gpt_step(self, token, cache, index):
-        logits, cache = self.model.call_with_cache(token[:, None], cache, index)
-        return logits[:, 0], cache
-
-    def _gpt_full(self, ids, lengths):
-        logits = self.model(ids)  # (B, S, V); causal, so right padding never leaks backwards
-        last = ops.take_along_axis(logits, ops.reshape(lengths - 1, (-1, 1, 1)), axis=1)
-        return last[:, 0]
-
-    def _lstm_prefill(self, ids):
-        state = self.model.init_state(ops.shape(ids)[0])
-        logits, state = self.model.call_with_state(ids, state)
-        return logits[:, -1], state
-
-    def _lstm_step(self, token, state):
-        logits, state = self.model.call_with_state(token[:, None], state)
-        return logits[:, 0], state
-
-    # --- the compiled loop ----------------------------------------------------------------
-    def _loop_fn(self, sampler, limit):
-        model = self.model
-
-        def run(buffer, mask, start, stop_at, stop_ids):
-            limit.limit = stop_at
-            batch = ops.shape(buffer)[0]
-            if self.is_gpt:
-                cache = model.init_cache(batch, ops.shape(buffer)[1])
-                _, cache = model.call_with_cache(buffer, cache, 0)  # prefill every slot
-
-                def next_fn(prompt, cache, index):
-                    token = ops.take(prompt, ops.reshape(index - 1, (1,)), axis=1)  # (B, 1)
-                    logits, cache = model.call_with_cache(token, cache, index - 1)
-                    return logits[:, 0], None, cache
-            else:
-                cache = model.init_state(batch)
-
-                def next_fn(prompt, cache, index):
-                    token = ops.take(prompt, ops.reshape(index - 1, (1,)), axis=1)
-                    logits, cache = model.call_with_state(token, cache)
-                    return logits[:, 0], None, cache
-
-            if isinstance(sampler, keras_hub.samplers.BeamSampler):
-                lengths = ops.sum(ops.cast(mask, "int32"), axis=1)  # (B,) prompt lengths
-                ends = lengths + stop_at - ops.max(lengths)  # each row's prompt + new tokens
-                beams = sampler.num_beams
-                next_fn = _beam_next(next_fn, ops.repeat(lengths, beams, axis=0), ops.repeat(ends, beams, axis=0), stop_ids)
-            kwargs = {} if stop_ids is None else {"stop_token_ids": stop_ids}
-            return sampler(next_fn, buffer, cache=cache, index=start, mask=mask, **kwargs)
-
-        return run
-
-    def _loop(self, temperature, top_k, top_p, num_beams, seed, stop_ids):
-        key = (float(temperature), int(top_k), float(top_p), int(num_beams), tuple(stop_ids))
-        if key not in self._loops:
-            sampler = make_sampler(temperature, top_k, top_p, num_beams, seed=seed)
-            limit = _LoopLimit(sampler)
-            stops = tuple(stop_ids) or None
-            generator = getattr(sampler, "seed_generator", None)
-
-            def run(buffer, mask, start, stop_at, seed_state):
-                if generator is None:
-                    return self._loop_fn(sampler, limit)(buffer, mask, start, stop_at, stops)
-                # The RNG state is an input, not a captured constant: under jax.jit a captured
-                # state would freeze the samples; as an input, equal seeds repeat and others differ.
-                with keras.StatelessScope(state_mapping=[(generator.state, seed_state)]):
-                    return self._loop_fn(sampler, limit)(buffer, mask, start, stop_at, stops)
-
-            initial = None if generator is None else np.asarray(generator.state.value)
-            self._loops[key] = (sampler, _compile(run, self.jit_compile), initial)
-        sampler, fn, initial = self._loops[key]
-        if initial is None:
-            return lambda buffer, mask, start, stop_at: fn(buffer, mask, start, stop_at, np.zeros(2, np.uint32))
-        state = initial.copy()
-        state[0] = seed if seed is not None else np.random.randint(0, 2**31 - 1)
-        state[1] = 0
-        return lambda buffer, mask, start, stop_at: fn(buffer, mask, start, stop_at, state)
-
-    # --- public API ----------------------------------------------------------------------
     def _prompt_rows(self, prompt):
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ValueError("a string prompt needs a tokenizer")
             prompt = [self.tokenizer.encode(prompt)]
         rows = [np.asarray(p, dtype=np.int32).reshape(-1) for p in prompt]
+        if not rows:
+            raise ValueError("prompt: an empty batch (expected one or more prompts)")
         start_id = self.tokenizer.eos_id if self.tokenizer is not None else 0
         return [r if len(r) else np.array([start_id], np.int32) for r in rows]
 
+    # --- public API ----------------------------------------------------------------------
     def generate(self, prompt, max_new_tokens=100, temperature=1.0, top_k=0, top_p=1.0, seed=None,
                  num_beams=1, length_penalty=1.0, stop_ids=(), stop=(), use_cache=True):
         """Generates `max_new_tokens` after each prompt.
@@ -248,10 +146,12 @@ class Generator:
         Args:
             prompt: a string (needs a tokenizer) or a batch of id sequences (lengths may differ).
             max_new_tokens: new tokens per row.
-            temperature: 0 is greedy; otherwise the softmax temperature.
+            temperature: 0 is greedy; otherwise the softmax temperature. A number or one per row
+                (as are `top_k` and `top_p`).
             top_k: sample among the k likeliest tokens (0: all).
             top_p: nucleus sampling mass (1: off).
-            seed: seed of the sampler; equal seeds give equal samples.
+            seed: an int (row `i` uses `seed + i`), one int per row, or None (a fresh random
+                seed). A row's tokens depend only on its prompt, settings and seed.
             num_beams: beam search with this many beams when > 1 (deterministic); returns the
                 best beam of `beam_search`.
             length_penalty: beam search only, see `beam_search`.
@@ -265,6 +165,8 @@ class Generator:
         """
         if stop and not isinstance(prompt, str):
             raise ValueError("stop strings need a string prompt (and a tokenizer); use stop_ids for id prompts")
+        max_new_tokens = _count("max_new_tokens", max_new_tokens)
+        num_beams = _count("num_beams", num_beams, minimum=1)
         stopper = StopStrings(stop)
         stop_ids = tuple(stop_ids) + self.single_token_stops(stopper.stops)
         rows = self._prompt_rows(prompt)
@@ -272,7 +174,8 @@ class Generator:
             beams, _ = self.beam_search(rows, max_new_tokens, num_beams, length_penalty, stop_ids)
             outs = [row_beams[0] for row_beams in beams]
         else:
-            outs = self._generate(rows, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, use_cache)
+            sampling = sampling_inputs(len(rows), temperature, top_k, top_p, seed)
+            outs = self._generate(rows, max_new_tokens, sampling, stop_ids, use_cache)
         if isinstance(prompt, str):
             text = self.tokenizer.decode(outs[0])
             if not stopper.stops:
@@ -286,7 +189,8 @@ class Generator:
     def beam_search(self, prompt, max_new_tokens=100, num_beams=4, length_penalty=1.0, stop_ids=()):
         """Beam search; returns every beam with its length-penalized score, best first.
 
-        The search is keras-hub's `BeamSampler` in the compiled loop; only generated tokens are
+        The search is keras-hub's `BeamSampler` over the model's cache, compiled with a buffer of
+        exactly prompt + max_new_tokens (so its loop ends there); only generated tokens are
         scored, and a beam that produced a stop id keeps the score of its finished sequence.
         Beams are then ranked by `log p(generated tokens) / n_generated ** length_penalty`
         (`n_generated` counts up to and including the stop id): 0 ranks by total
@@ -312,13 +216,17 @@ class Generator:
         >>> len(sequences[0]), sequences[0][0].shape, bool(scores[0, 0] >= scores[0, 1])
         (3, (7,), True)
         """
+        max_new_tokens = _count("max_new_tokens", max_new_tokens)
         if num_beams < 2:
             raise ValueError(f"num_beams={num_beams}: beam search needs 2 or more beams")
         rows = self._prompt_rows(prompt)
         lengths = np.array([len(r) for r in rows])
-        if self.is_gpt and int(lengths.max()) + max_new_tokens > self.context:
+        total = int(lengths.max()) + max_new_tokens
+        if self.context is not None and total > self.context:
             raise ValueError(f"beam search needs prompt + max_new_tokens <= block_size ({self.context})")
-        beams, log_probs = self._run_loop(rows, max_new_tokens, 0.0, 0, 1.0, None, num_beams, tuple(stop_ids))
+        run = self._beam_loop(num_beams, tuple(int(i) for i in stop_ids))
+        buffer, mask = _right_padded(rows, total)
+        beams, log_probs = run(buffer, mask, lengths.astype(np.int32), (lengths + max_new_tokens).astype(np.int32))
         beams, log_probs = np.asarray(beams), np.asarray(log_probs, np.float64)  # (B, beams, L), (B, beams)
         sequences, scores = [], np.zeros_like(log_probs)
         for i, n in enumerate(lengths):
@@ -339,29 +247,50 @@ class Generator:
         ids = [self.tokenizer.encode(s) for s in stops]
         return tuple(int(i[0]) for i, s in zip(ids, stops) if len(i) == 1 and self.tokenizer.decode(i) == s)
 
-    def _run_loop(self, rows, max_new_tokens, temperature, top_k, top_p, seed, num_beams, stop_ids):
-        lengths = np.array([len(r) for r in rows])
-        total = int(lengths.max()) + max_new_tokens
-        length = total if not self.is_gpt else min(-(-total // BUCKET) * BUCKET, self.context)
-        buffer = np.zeros((len(rows), length), np.int32)
-        mask = np.zeros((len(rows), length), bool)
-        for i, row in enumerate(rows):
-            buffer[i, : len(row)] = row
-            mask[i, : len(row)] = True
-        start = int(lengths.min()) if self.is_gpt else 1
-        fn = self._loop(temperature, top_k, top_p, num_beams, seed, stop_ids)
-        return fn(buffer, mask, np.int32(start), np.int32(total))
+    def _beam_loop(self, num_beams, stop_ids):
+        key = (num_beams, stop_ids)
+        if key not in self._beam_loops:
+            sampler = keras_hub.samplers.BeamSampler(num_beams=num_beams, return_all_beams=True)
+            model = self.model
+            stops = stop_ids or None
 
-    def _generate(self, rows, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, use_cache):
-        lengths = np.array([len(r) for r in rows])
-        fits = not self.is_gpt or int(lengths.max()) + max_new_tokens <= self.context
-        if not use_cache or not fits:
+            def run(buffer, mask, lengths, ends):
+                # keras-hub's step at `index` feeds token `index - 1`: the cache holds one less.
+                start = ops.min(lengths)
+                _, cache = loop.prefill(model, buffer, start - 1)
+
+                def next_fn(prompt, cache, index):
+                    token = ops.take(prompt, ops.reshape(index - 1, (1,)), axis=1)  # (B, 1)
+                    logits, cache = model.call_with_cache(token, cache, index - 1)
+                    return logits[:, 0], None, cache
+
+                beams = sampler.num_beams
+                next_fn = _beam_next(next_fn, ops.repeat(lengths, beams, axis=0), ops.repeat(ends, beams, axis=0), stops)
+                kwargs = {} if stops is None else {"stop_token_ids": stops}
+                return sampler(next_fn, buffer, cache=cache, index=start, mask=mask, **kwargs)
+
+            self._beam_loops[key] = _compile(run, self.jit_compile)
+        return self._beam_loops[key]
+
+    def _buffer_length(self, total):
+        """`total` rounded up to the bucket, within the context: one compiled loop per bucket."""
+        length = -(-total // BUCKET) * BUCKET
+        return length if self.context is None else min(length, self.context)
+
+    def _generate(self, rows, max_new_tokens, sampling, stop_ids, use_cache):
+        lengths = np.array([len(r) for r in rows], np.int32)
+        total = int(lengths.max()) + max_new_tokens
+        if not use_cache or (self.context is not None and total > self.context):
             outs = []
-            for row in rows:  # the Python-driven path handles one length per call
-                new = list(self.stream([row], max_new_tokens, temperature, top_k, top_p, seed, use_cache, stop_ids))
+            for i, row in enumerate(rows):  # the Python-driven path handles one length per call
+                one = {name: value[i : i + 1] for name, value in sampling.items()}
+                new = list(self._stream([row], max_new_tokens, one, stop_ids, use_cache))
                 outs.append(np.concatenate([row, np.concatenate(new)]) if new else row)
             return outs
-        result = np.asarray(self._run_loop(rows, max_new_tokens, temperature, top_k, top_p, seed, 1, stop_ids))
+        buffer, _ = _right_padded(rows, self._buffer_length(total))
+        result = ops.convert_to_numpy(self._decode(
+            buffer, lengths, np.asarray(max_new_tokens, np.int32), sampling, np.asarray(stop_ids, np.int32).reshape(-1)
+        ))
         outs = [result[i, : lengths[i] + max_new_tokens] for i in range(len(rows))]
         if stop_ids:
             outs = [_cut_after_stop(o, n, stop_ids) for o, n in zip(outs, lengths)]
@@ -369,62 +298,72 @@ class Generator:
 
     def stream(self, prompt, max_new_tokens=100, temperature=1.0, top_k=0, top_p=1.0, seed=None,
                use_cache=True, stop_ids=()):
-        """Yields `(batch,)` arrays of new token ids, one step at a time (equal-length prompts)."""
+        """Yields `(batch,)` arrays of new token ids, one step at a time (equal-length prompts).
+
+        The tokens are those of `generate` with the same arguments (the same compiled prefill,
+        step and sampler); past a GPT's context the cache restarts from the newest
+        half-context of tokens. Stops once every row has produced one of `stop_ids`.
+        """
+        max_new_tokens = _count("max_new_tokens", max_new_tokens)
         rows = self._prompt_rows(prompt)
         if len({len(r) for r in rows}) != 1:
             raise ValueError("stream() needs prompts of one length; use generate() for ragged batches")
-        ids = np.stack(rows)
-        rng = np.random.default_rng(seed)
-        batch = ids.shape[0]
+        sampling = sampling_inputs(len(rows), temperature, top_k, top_p, seed)
+        return self._stream(rows, max_new_tokens, sampling, tuple(stop_ids), use_cache)
 
-        def pick(logits):
-            return sample_next(np.asarray(logits), rng, temperature, top_k, top_p)
+    def _stream(self, rows, max_new_tokens, sampling, stop_ids, use_cache):
+        history = np.stack(rows)  # (B, T)
+        done = np.zeros(len(rows), bool)
+        steps = self._cached_steps if use_cache else self._uncached_steps
+        for token in steps(history, max_new_tokens, sampling):
+            yield token
+            done |= np.isin(token, stop_ids)
+            if stop_ids and done.all():
+                return
 
-        def done(token):
-            return stop_ids and np.isin(token, list(stop_ids)).all()
-
-        if not self.is_gpt:
-            logits, state = self._prefill(ids)
-            for _ in range(max_new_tokens):
-                token = pick(logits)
+    def _cached_steps(self, history, max_new_tokens, sampling):
+        remaining = max_new_tokens
+        while remaining > 0:
+            # A fresh cache holds the history, or past a GPT's context its newest half-context.
+            fits = self.context is None or history.shape[1] < self.context
+            window = history if fits else history[:, -(self.context // 2):]
+            length = self._buffer_length(window.shape[1] + remaining)
+            buffer, _ = _right_padded(window, length)
+            index = window.shape[1]
+            logits, cache = self._prefill(buffer, np.asarray(index, np.int32))
+            while remaining > 0 and index < length:
+                token, logits, cache = self._advance(
+                    logits, cache, np.asarray(index, np.int32), np.asarray(history.shape[1], np.int32), sampling
+                )
+                token = ops.convert_to_numpy(token)
                 yield token
-                if done(token):
-                    return
-                logits, state = self._step(ops.convert_to_tensor(token), state)
-            return
-        history = ids
-        S = self.context
-        if not use_cache:
-            for _ in range(max_new_tokens):
-                window = history[:, -S:]
-                padded = np.zeros((batch, S), np.int32)
-                padded[:, : window.shape[1]] = window
-                token = pick(self._full(padded, np.full((batch,), window.shape[1], np.int32)))
-                yield token
-                if done(token):
-                    return
                 history = np.concatenate([history, token[:, None]], axis=1)
-            return
-        produced = 0
-        while produced < max_new_tokens:
-            # Past the context, the window restarts from the newest half-context of tokens.
-            window = history[:, -S:] if history.shape[1] <= S else history[:, -(S // 2):]
-            length = window.shape[1]
-            padded = np.zeros((batch, S), np.int32)
-            padded[:, :length] = window
-            logits, cache = self._prefill(padded, np.full((batch,), length, np.int32))
-            index = length
-            while produced < max_new_tokens:
-                token = pick(logits)
-                produced += 1
-                yield token
-                if done(token):
-                    return
-                history = np.concatenate([history, token[:, None]], axis=1)
-                if index >= S:
-                    break  # cache full: refill from the newest tokens
-                logits, cache = self._step(ops.convert_to_tensor(token), cache, ops.convert_to_tensor(index, "int32"))
+                remaining -= 1
                 index += 1
+
+    def _uncached_steps(self, history, max_new_tokens, sampling):
+        # The reference path: a full forward pass over the newest tokens for every new token.
+        length = self._buffer_length(history.shape[1] + max_new_tokens)
+        for _ in range(max_new_tokens):
+            window = history[:, -length:]
+            buffer, _ = _right_padded(window, length)
+            logits = self._full(buffer, np.full(len(window), window.shape[1], np.int32))
+            token = ops.convert_to_numpy(self._sample(
+                logits, sampling["temperature"], sampling["top_k"], sampling["top_p"], sampling["seeds"],
+                np.asarray(history.shape[1], np.int32),
+            ))
+            yield token
+            history = np.concatenate([history, token[:, None]], axis=1)
+
+
+def _right_padded(rows, length):
+    """`(buffer, mask)`: the rows left-aligned in int32 zeros `(batch, length)`, and where they are."""
+    buffer = np.zeros((len(rows), length), np.int32)
+    mask = np.zeros((len(rows), length), bool)
+    for i, row in enumerate(rows):
+        buffer[i, : len(row)] = row
+        mask[i, : len(row)] = True
+    return buffer, mask
 
 
 def _cut_after_stop(ids, prompt_length, stop_ids):

@@ -173,6 +173,11 @@ class GPT(keras.Model):
         return self.final_norm(x)
 
     # --- cached decoding -------------------------------------------------------------------
+    @property
+    def context_length(self):
+        """The longest sequence generation can attend to: `block_size`."""
+        return self.block_size
+
     def init_cache(self, batch_size, max_length):
         """An empty key/value cache: per layer a `(keys, values)` pair, each
         `(batch, max_length, n_kv_head, head_dim)`.
@@ -188,8 +193,11 @@ class GPT(keras.Model):
             for _ in range(self.n_layer)
         )
 
-    def call_with_cache(self, token_ids, cache, cache_index):
+    def call_with_cache(self, token_ids, cache, cache_index, padding_mask=None):
         """Runs `token_ids` (placed at `cache_index`) against the cache from `init_cache`.
+
+        `padding_mask` (the common decoding interface, see `LSTMLanguageModel`) is not needed:
+        attention is causal, and the decoding loop rewrites a padded slot before reading it.
 
         Returns:
             `(logits, cache)`: float32 logits `(batch, time, vocab)` and the updated cache.

@@ -55,6 +55,9 @@ class LSTMLanguageModel(keras.Model):
         self.token_embedding = ReversibleEmbedding(
             vocab_size, n_embd, tie_weights=True, dtype=self.dtype_policy, name="token_embedding"
         )
+        # The head (the embedding in reverse) may get the LSTMs' padding mask (a prefill with
+        # `padding_mask`); it has no use for it, and accepting it silences Keras' warning.
+        self.token_embedding.supports_masking = True
         self.embedding_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
         self.lstms = [
             keras.layers.LSTM(
@@ -88,12 +91,12 @@ class LSTMLanguageModel(keras.Model):
             self.head.build(hidden_shape)
         self.built = True
 
-    def _run(self, token_ids, states=None, training=None):
+    def _run(self, token_ids, states=None, mask=None, training=None):
         x = self.embedding_dropout(self.token_embedding(token_ids), training=training)  # (B, T, E)
         new_states = []
         for i, (lstm, dropout) in enumerate(zip(self.lstms, self.dropouts)):
             initial = None if states is None else [states[:, i, 0], states[:, i, 1]]
-            x, h, c = lstm(x, initial_state=initial, training=training)  # (B, T, H)
+            x, h, c = lstm(x, initial_state=initial, mask=mask, training=training)  # (B, T, H)
             x = dropout(x, training=training)
             new_states.append(ops.stack([h, c], axis=1))
         if self.head is not None:
@@ -107,13 +110,39 @@ class LSTMLanguageModel(keras.Model):
     def call(self, token_ids, training=None):
         return self._run(token_ids, training=training)[0]
 
-    def init_state(self, batch_size):
-        """Zero recurrent state `(batch, n_layer, 2, hidden_size)` (h and c per layer)."""
+    # --- cached decoding (the interface of keras-hub's CausalLMs and of `GPT`) -------------
+    @property
+    def context_length(self):
+        """None: a recurrent model has no context limit (`block_size` is its training window)."""
+        return None
+
+    def init_cache(self, batch_size, max_length=None):
+        """Zero recurrent state `(batch, n_layer, 2, hidden_size)` (h and c per layer).
+
+        `max_length` is accepted for the common interface; a state does not grow with it.
+        """
         return ops.zeros((batch_size, self.n_layer, 2, self.hidden_size), dtype=self.compute_dtype)
 
+    def call_with_cache(self, token_ids, cache, cache_index=None, padding_mask=None):
+        """Runs `token_ids` from the state `cache`; returns `(logits, new_state)`.
+
+        Args:
+            token_ids: int `(batch, time)`.
+            cache: the state from `init_cache` or a previous call.
+            cache_index: ignored (the state does not depend on where the tokens are).
+            padding_mask: optional bool `(batch, time)`; the state is kept unchanged over the
+                `False` positions (right padding), so it ends at each row's last real token.
+        """
+        return self._run(token_ids, states=cache, mask=padding_mask)
+
+    # The names of the first version, kept for callers of the public methods.
+    def init_state(self, batch_size):
+        """Same as `init_cache(batch_size)`."""
+        return self.init_cache(batch_size)
+
     def call_with_state(self, token_ids, states):
-        """Runs `token_ids` from `states`; returns `(logits, new_states)`."""
-        return self._run(token_ids, states=states)
+        """Same as `call_with_cache(token_ids, states)`."""
+        return self.call_with_cache(token_ids, states)
 
     def get_config(self):
         config = super().get_config()

@@ -6,6 +6,7 @@
 """
 
 import argparse
+import math
 import sys
 
 from kerasllm.recipes.cli import run_cli
@@ -29,7 +30,9 @@ def build_parser():
                         help="beam search with N beams when N > 1 (deterministic; printed at the end)")
     parser.add_argument("--length-penalty", type=float, default=1.0,
                         help="beam search: rank beams by log-probability / length ** A (default 1.0)")
-    parser.add_argument("--no-stream", action="store_true", help="print the text at the end instead of as it comes")
+    parser.add_argument("--no-stream", action="store_true",
+                        help="print the text at the end instead of as it comes (a GPT's --max-new-tokens "
+                             "is then capped at its context)")
     return parser
 
 
@@ -39,9 +42,11 @@ def main(argv=None):
 
     if args.max_new_tokens < 0:
         raise ConfigError(f"--max-new-tokens {args.max_new_tokens}: expected 0 or more")
-    if args.temperature < 0:
-        raise ConfigError(f"--temperature {args.temperature}: expected 0 or more")
-    if not 0 < args.top_p <= 1:
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise ConfigError(f"--temperature {args.temperature}: expected a finite number >= 0 (0: greedy)")
+    if args.top_k < 0:
+        raise ConfigError(f"--top-k {args.top_k}: expected 0 (all tokens) or more")
+    if not 0 < args.top_p <= 1:  # also false for nan
         raise ConfigError(f"--top-p {args.top_p}: expected a number in (0, 1]")
 
     if args.num_beams < 1:
@@ -53,17 +58,28 @@ def main(argv=None):
     _, tokenizer, model = load_run(args.model)
     generator = Generator(model, tokenizer)
     if args.num_beams > 1:
-        text = generator.generate(args.prompt, args.max_new_tokens, num_beams=args.num_beams,
-                                  length_penalty=args.length_penalty, stop=args.stop)
+        try:
+            text = generator.generate(args.prompt, args.max_new_tokens, num_beams=args.num_beams,
+                                      length_penalty=args.length_penalty, stop=args.stop)
+        except ValueError as error:  # the prompt and new tokens do not fit the context
+            raise ConfigError(f"--num-beams {args.num_beams} --max-new-tokens {args.max_new_tokens}: {error}") from None
         sys.stdout.write(text + "\n")
         return
     prompt_ids = [tokenizer.encode(args.prompt)]
+    max_new_tokens = args.max_new_tokens
+    if args.no_stream and model.context_length is not None and max_new_tokens > model.context_length:
+        # Nothing is printed before the end: an unbounded request would look like a hang.
+        max_new_tokens = model.context_length
+        sys.stderr.write(f"note: --max-new-tokens {args.max_new_tokens} capped at the model's context "
+                         f"({max_new_tokens} tokens) with --no-stream; without it, text streams past the context\n")
+    elif args.no_stream and max_new_tokens > model.block_size:
+        sys.stderr.write(f"note: generating {max_new_tokens} tokens before printing anything (--no-stream)\n")
     stopper = StopStrings(args.stop)
     stop_ids = generator.single_token_stops(stopper.stops)
     sys.stdout.write(args.prompt)
     pieces = []
     for token in generator.stream(
-        prompt_ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, stop_ids=stop_ids
+        prompt_ids, max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, stop_ids=stop_ids
     ):
         pieces.append(int(token[0]))
         if not args.no_stream:
