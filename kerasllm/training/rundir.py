@@ -87,6 +87,12 @@ def load_keras_model(path, compile=False):
     """`keras.models.load_model` that names a missing or damaged file instead of a traceback."""
     import keras
 
+    # Import every module that registers a class a saved run may hold, so load_model finds it.
+    import kerasllm.models.classifier  # noqa: F401
+    import kerasllm.models.gpt  # noqa: F401
+    import kerasllm.models.lstm  # noqa: F401
+    import kerasllm.training.optimizers  # noqa: F401
+
     check_keras_file(path)
     try:
         return keras.models.load_model(path, compile=compile)
