@@ -10,6 +10,7 @@ Needs the `serve` extra (`pip install "kerasllm[serve]"`). Stops cleanly on Ctrl
 
 import argparse
 import os
+import signal
 import socket
 
 from kerasllm.errors import ConfigError
@@ -70,8 +71,16 @@ def main(argv=None):
     # uvicorn handles SIGINT/SIGTERM: it stops accepting, lets in-flight requests finish (up to
     # the timeout), then runs the app's shutdown, which ends the decoding thread.
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30)
-    uvicorn.Server(config).run(sockets=[sock])
-    print("server stopped", flush=True)
+    for number in (signal.SIGINT, signal.SIGTERM):  # uvicorn re-raises the signal once it is done
+        signal.signal(number, _exit_cleanly)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        print("server stopped", flush=True)
+
+
+def _exit_cleanly(signum, frame):
+    raise SystemExit(0)
 
 
 def _bind(host, port):

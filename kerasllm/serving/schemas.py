@@ -70,10 +70,15 @@ class ClassifyRequest(_Request):
     input: str | list[str]
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "literal"}
+
+
 def describe_error(error):
     """`(message, param)` of a pydantic `ValidationError`: its first problem, in one line."""
     first = error.errors()[0]
-    param = ".".join(str(part) for part in first["loc"]) or None
+    # A union's errors name the branch tried ('prompt.str', 'prompt.list[int]'): keep the field path.
+    path = [str(p) for p in first["loc"] if not (isinstance(p, str) and ("[" in p or p in _TYPE_TAGS))]
+    param = ".".join(path) or None
     if first["type"] == "extra_forbidden":
         return f"Unrecognized request argument supplied: {param}", param
     if first["type"] == "missing":
