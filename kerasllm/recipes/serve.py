@@ -33,8 +33,11 @@ def build_parser():
                         help="sequences queued or running before requests get 429 (default 64)")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="cap on max_tokens (default export.max_new_tokens, 256; a GPT's is also block_size - 1)")
-    parser.add_argument("--chunk-tokens", type=int, default=32,
-                        help="tokens per decoding call between streamed chunks and re-batching (default 32)")
+    parser.add_argument("--chunk-tokens", type=int, default=16,
+                        help="while a request streams: tokens per decoding call between chunks (default 16)")
+    parser.add_argument("--warm-up", action="store_true",
+                        help="compile the decoding loop before serving, for greedy requests and the run's sample "
+                        "settings (sample.temperature, sample.top_k); other settings compile on first use")
     parser.add_argument("--max-body-kb", type=int, default=1024, help="larger request bodies get 413 (default 1024)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a run config value, e.g. --set export.truncate=error (repeatable)")
@@ -63,6 +66,8 @@ def main(argv=None):
     sock = _bind(args.host, args.port)
     app = create_app(served, api_key=args.api_key, max_batch=args.max_batch, max_queue=args.max_queue,
                      chunk_tokens=args.chunk_tokens, max_body_bytes=args.max_body_kb * 1024)
+    if args.warm_up and served.kind == "language_model":
+        _warm_up(app.state.server.scheduler, served)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {served.name!r} ({served.kind.replace('_', ' ')}) at http://{shown}:{port}  "
@@ -77,6 +82,18 @@ def main(argv=None):
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         print("server stopped", flush=True)
+
+
+def _warm_up(scheduler, served):
+    import time
+
+    from kerasllm.serving import Sampling
+
+    started, stop_ids = time.perf_counter(), (int(served.tokenizer.eos_id),)
+    sample = served.config.sample
+    shapes = sum(scheduler.warm_up(Sampling(t, k, 1.0, None, stop_ids))
+                 for t, k in {(0.0, 0), (float(sample.temperature), int(sample.top_k))})
+    print(f"compiled the decoding loop for {shapes} shapes in {time.perf_counter() - started:.0f} s", flush=True)
 
 
 def _exit_cleanly(signum, frame):

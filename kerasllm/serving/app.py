@@ -44,7 +44,7 @@ class APIError(Exception):
         return JSONResponse(self.body(), status_code=self.status)
 
 
-def create_app(served, api_key=None, max_batch=8, max_queue=64, chunk_tokens=32, max_body_bytes=1 << 20,
+def create_app(served, api_key=None, max_batch=8, max_queue=64, chunk_tokens=16, max_body_bytes=1 << 20,
                batch_window_s=0.005):
     """The Starlette application serving `served` (a `ServedModel`).
 
@@ -183,8 +183,10 @@ class Server:
 
     async def health(self, request):
         load = self.scheduler.load() if self.scheduler else 0
+        stats = dict(self.scheduler.stats) if self.scheduler else {}
         return JSONResponse({"status": "ok", "model": self.served.name, "kind": self.served.kind,
-                             "api_key": self.api_key is not None, "queued": load})
+                             "api_key": self.api_key is not None, "queued": load,
+                             "decoding": {key: stats.get(key, 0) for key in ("calls", "rows", "tokens", "busy_ms")}})
 
     def _model_card(self):
         card = {"id": self.served.name, "object": "model", "created": self.served.created, "owned_by": "kerasllm",
@@ -250,7 +252,7 @@ class Server:
         stop_ids = tuple(sorted({int(self.served.tokenizer.eos_id), *single}))
         return Sampling(body.temperature, body.top_k, body.top_p, body.seed, stop_ids)
 
-    def _submit(self, prompts, max_tokens, sampling, n, loop, events):
+    def _submit(self, prompts, max_tokens, sampling, n, loop, events, stream):
         """One `Job` per (prompt, sample); their events land on `events` as `(choice, kind, value)`."""
         jobs = []
         for p, ids in enumerate(prompts):
@@ -262,7 +264,7 @@ class Server:
                     loop.call_soon_threadsafe(events.put_nowait, (choice, kind, value))
 
                 row_sampling = Sampling(sampling.temperature, sampling.top_k, sampling.top_p, seed, sampling.stop_ids)
-                jobs.append(Job(ids, max_tokens, row_sampling, deliver))
+                jobs.append(Job(ids, max_tokens, row_sampling, deliver, stream=stream))
         try:
             self.scheduler.submit(jobs)
         except QueueFull as error:
@@ -271,7 +273,7 @@ class Server:
             raise APIError(503, str(error), type="server_error", code="shutting_down")
         return jobs
 
-    async def _decode(self, prompts, max_tokens, sampling, stops, n):
+    async def _decode(self, prompts, max_tokens, sampling, stops, n, stream=False):
         """Async iterator of `(choice, piece_of_text, Choice)` while the jobs run; ends when all are done."""
         choices = [Choice(self.served, ids, stops, sampling.stop_ids) for ids in prompts for _ in range(n)]
         if max_tokens == 0:
@@ -280,7 +282,7 @@ class Server:
             return choices, _empty()
         loop = asyncio.get_running_loop()
         events = asyncio.Queue()
-        jobs = self._submit([c.prompt for c in choices[::n]], max_tokens, sampling, n, loop, events)
+        jobs = self._submit([c.prompt for c in choices[::n]], max_tokens, sampling, n, loop, events, stream)
         for c, job in zip(choices, jobs):
             c.job = job
 
@@ -327,7 +329,8 @@ class Server:
         texts = [p if isinstance(p, str) else self.served.decode(p) for p in _as_list(body.prompt)]
         stops = body.stops()
         sampling = self._sampling(body, stops)
-        choices, pieces = await self._decode(self._fit(full, max_tokens), max_tokens, sampling, stops, body.n)
+        choices, pieces = await self._decode(self._fit(full, max_tokens), max_tokens, sampling, stops, body.n,
+                                             body.stream)
         meta = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": self.served.name}
         if body.stream:
             return self._stream(pieces, choices, meta, chat=False, include_usage=_include_usage(body))
@@ -354,7 +357,8 @@ class Server:
         ids, template_stops = self.served.render_chat([{"role": m.role, "content": m.text()} for m in body.messages])
         stops = body.stops() + template_stops
         sampling = self._sampling(body, stops)
-        choices, pieces = await self._decode(self._fit([ids], max_tokens), max_tokens, sampling, stops, body.n)
+        choices, pieces = await self._decode(self._fit([ids], max_tokens), max_tokens, sampling, stops, body.n,
+                                             body.stream)
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": self.served.name}
         if body.stream:
             return self._stream(pieces, choices, meta, chat=True, include_usage=_include_usage(body))

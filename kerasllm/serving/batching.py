@@ -57,12 +57,14 @@ class Job:
         max_new_tokens: the budget.
         sampling: a `Sampling`.
         deliver: the event callback.
+        stream: the client reads tokens as they come (its batch decodes in chunks).
     """
 
     _ids = itertools.count()
 
-    def __init__(self, prompt_ids, max_new_tokens, sampling, deliver):
+    def __init__(self, prompt_ids, max_new_tokens, sampling, deliver, stream=False):
         self.id = next(Job._ids)
+        self.stream = stream
         self.prompt = [int(i) for i in prompt_ids]
         self.max_new_tokens = int(max_new_tokens)
         self.sampling = sampling.normalized()
@@ -89,6 +91,9 @@ class BatchScheduler:
         chunk_tokens: tokens per `generate` call between two chances to stream and re-batch.
         window_s: how long a new batch waits for more jobs to join it.
         lock: held around every model call (the server's scoring shares the model).
+        max_spread: a job joins a batch only if the batch's row lengths then differ by at most
+            this many tokens: a ragged call runs from its shortest row, so each token of
+            spread is one more decoding step for every row.
 
     Examples:
 
@@ -111,7 +116,8 @@ class BatchScheduler:
     >>> scheduler.close()
     """
 
-    def __init__(self, generator, max_batch=8, max_queue=64, chunk_tokens=32, window_s=0.005, lock=None):
+    def __init__(self, generator, max_batch=8, max_queue=64, chunk_tokens=16, window_s=0.005, lock=None,
+                 max_spread=32):
         if max_batch < 1 or max_queue < 1 or chunk_tokens < 1:
             raise ValueError("max_batch, max_queue and chunk_tokens must be positive")
         self.generator = generator
@@ -119,6 +125,7 @@ class BatchScheduler:
         self.max_queue = max_queue
         self.chunk_tokens = chunk_tokens
         self.window_s = window_s
+        self.max_spread = max_spread
         self.lock = lock or threading.Lock()
         self._waiting = collections.deque()
         self._active = []
@@ -142,13 +149,41 @@ class BatchScheduler:
         return (s.temperature, s.top_k, s.top_p, s.stop_ids)
 
     def chunk_for(self, batch):
-        """Tokens the next call decodes: a whole seeded job at once (see `batch_key`)."""
+        """Tokens the next call decodes: chunks while someone streams, else every job to its end.
+
+        Each call prefills its rows again, so chunks cost time; only streaming earns them. A
+        seeded job always decodes in one call (see `batch_key`).
+        """
         longest = max(job.remaining for job in batch)
-        if batch[0].sampling.seed is not None and batch[0].sampling.temperature > 0:
+        seeded = batch[0].sampling.seed is not None and batch[0].sampling.temperature > 0
+        if seeded or not any(job.stream for job in batch):
             return longest
         return min(self.chunk_tokens, longest)
 
     # --- the public side -----------------------------------------------------------------
+    def warm_up(self, sampling):
+        """Compiles the decoding loop for `sampling` at every batch bucket and buffer length.
+
+        A GPT's loop compiles once per (settings, batch rows, buffer length); rows are padded
+        to powers of two and buffers to multiples of 64, so a few calls cover every request
+        with these settings. Returns the number of shapes compiled (0 for an LSTM, whose
+        buffers are not bucketed).
+        """
+        from kerasllm.generation.generator import BUCKET
+
+        if not self.generator.is_gpt:
+            return 0
+        s = sampling.normalized()
+        context = self.generator.context
+        lengths = sorted({min(length, context) for length in range(BUCKET, context + BUCKET, BUCKET)})
+        sizes = sorted({self._bucket(rows) for rows in range(1, self.max_batch + 1)})
+        for rows in sizes:
+            for length in lengths:
+                with self.lock:
+                    self.generator.generate([[0] * (length - 1)] * rows, max_new_tokens=1, temperature=s.temperature,
+                                            top_k=s.top_k, top_p=s.top_p, seed=0, stop_ids=s.stop_ids)
+        return len(sizes) * len(lengths)
+
     def start(self):
         self._thread.start()
 
@@ -219,21 +254,29 @@ class BatchScheduler:
             return list(self._active)
 
     def _admit(self):
-        """Moves waiting jobs with the active key into free slots, oldest first.
+        """Moves waiting jobs with the active key and a close length into free slots, oldest first.
 
         A job with another key that waits in front stops admission: the batch then drains and
         that job's key goes next, so no key starves.
         """
         key = self.batch_key(self._active[0])
-        while self._waiting and len(self._active) < self.max_batch:
-            job = self._waiting[0]
+        lengths = [len(job.prompt) + len(job.tokens) for job in self._active]
+        low, high = min(lengths), max(lengths)
+        for job in list(self._waiting):
+            if len(self._active) >= self.max_batch:
+                return
             if job.cancelled:
-                self._waiting.popleft()
+                self._waiting.remove(job)
                 job.deliver("done", "cancelled")
                 continue
             if self.batch_key(job) != key:
                 return
-            self._active.append(self._waiting.popleft())
+            length = len(job.prompt)
+            if max(high, length) - min(low, length) > self.max_spread:
+                continue  # it leads a later batch
+            low, high = min(low, length), max(high, length)
+            self._waiting.remove(job)
+            self._active.append(job)
 
     @staticmethod
     def _finished(job):
@@ -250,12 +293,13 @@ class BatchScheduler:
         rows = [self._window(job.prompt + job.tokens, steps) for job in live]
         padded = rows + [rows[0]] * (self._bucket(len(rows)) - len(rows))  # fewer compiled shapes
         s = live[0].sampling
+        started = time.perf_counter()
         with self.lock:
             out = self.generator.generate(
                 padded, max_new_tokens=steps, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                 seed=s.seed, stop_ids=s.stop_ids,
             )
-        self.stats.update(calls=1, rows=len(live))
+        self.stats.update(calls=1, rows=len(live), steps=steps, busy_ms=int(1000 * (time.perf_counter() - started)))
         for job, row, ids in zip(live, rows, out):
             new = [int(i) for i in np.asarray(ids)[len(row):]][: job.remaining]
             stop_at = next((k for k, i in enumerate(new) if i in s.stop_ids), None)
