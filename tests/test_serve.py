@@ -440,3 +440,65 @@ def test_command_errors_are_one_line(tmp_path):
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: --model")
     result = run_module("kerasllm.recipes.serve", "--model", tmp_path, "--max-batch", "0")
     assert result.returncode == 2 and "error: --max-batch 0: expected a positive integer" in result.stderr
+
+
+# --- the scheduler's policy, on a stand-in generator -------------------------------------------
+class RecordingGenerator:
+    """Answers `generate` with token 7 after every row and records each call's rows and length."""
+
+    is_gpt, context = True, 64
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, rows, max_new_tokens, **sampling):
+        self.calls.append(([len(r) for r in rows], max_new_tokens))
+        return [np.array(list(r) + [7] * max_new_tokens) for r in rows]
+
+
+def _run_jobs(scheduler, specs):
+    """Submits `(prompt length, max tokens, stream)` jobs at once; returns each job's tokens."""
+    from kerasllm.serving import Job, Sampling
+
+    done = threading.Semaphore(0)
+    jobs = [Job([1] * length, budget, Sampling(temperature=0), lambda kind, value: kind != "tokens" and done.release(),
+                stream=stream) for length, budget, stream in specs]
+    with scheduler.lock:  # all queued before the first call
+        scheduler.submit(jobs)
+    for _ in jobs:
+        assert done.acquire(timeout=30)
+    return [job.tokens for job in jobs]
+
+
+@pytest.fixture
+def scheduler():
+    from kerasllm.serving import BatchScheduler
+
+    scheduler = BatchScheduler(RecordingGenerator(), max_batch=4, max_queue=6, chunk_tokens=4, max_spread=8)
+    scheduler.start()
+    yield scheduler
+    scheduler.close()
+
+
+def test_scheduler_batches_then_cuts_each_row(scheduler):
+    tokens = _run_jobs(scheduler, [(3, 10, False), (5, 2, False), (9, 6, False)])
+    assert scheduler.generator.calls == [([3, 5, 9, 3], 10)]  # one call to the longest, 3 rows padded to 4
+    assert [len(t) for t in tokens] == [10, 2, 6]
+
+
+def test_streaming_rows_decode_in_chunks(scheduler):
+    _run_jobs(scheduler, [(3, 10, True)])
+    assert [steps for _, steps in scheduler.generator.calls] == [4, 4, 2]
+
+
+def test_rows_far_apart_in_length_do_not_share_a_call(scheduler):
+    _run_jobs(scheduler, [(2, 3, False), (30, 3, False), (5, 3, False)])
+    assert [rows for rows, _ in scheduler.generator.calls] == [[2, 5], [30]]
+
+
+def test_the_queue_has_a_bound(scheduler):
+    from kerasllm.serving import Job, Sampling
+    from kerasllm.serving.batching import QueueFull
+
+    with scheduler.lock, pytest.raises(QueueFull):
+        scheduler.submit([Job([1], 1, Sampling(), lambda kind, value: None) for _ in range(7)])
