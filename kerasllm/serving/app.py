@@ -45,7 +45,7 @@ class APIError(Exception):
 
 
 def create_app(served, api_key=None, max_batch=8, max_queue=64, chunk_tokens=16, max_body_bytes=1 << 20,
-               batch_window_s=0.005):
+               batch_window_s=0.02):
     """The Starlette application serving `served` (a `ServedModel`).
 
     Args:

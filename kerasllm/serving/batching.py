@@ -2,11 +2,11 @@
 
 One worker thread owns the model. Requests (`Job`s, one per generated sequence) wait in a
 queue; the worker takes the oldest, waits a few milliseconds for others that can share its
-decoding loop (`BatchScheduler.batch_key`), and decodes them together in chunks of
-`chunk_tokens`: one `generate` call per chunk on the ragged batch of every row's prompt plus
-the tokens it has so far. Between chunks, new tokens go to each job (so batched requests
-stream), finished or cancelled rows leave, and waiting jobs with the same key take the free
-slots.
+decoding loop (`BatchScheduler.batch_key`, and lengths within `max_spread`), and decodes them
+in one `generate` call on the ragged batch, run to the largest budget and cut per row. While
+a row streams, the batch decodes in chunks of `chunk_tokens` instead (each chunk one call on
+every row's prompt plus the tokens it has so far): between chunks new tokens go to each job,
+finished or cancelled rows leave, and waiting jobs with the same key take the free slots.
 """
 
 import collections
@@ -89,7 +89,8 @@ class BatchScheduler:
         max_batch: rows per `generate` call.
         max_queue: jobs waiting or running at once; `submit` raises `QueueFull` beyond it.
         chunk_tokens: tokens per `generate` call between two chances to stream and re-batch.
-        window_s: how long a new batch waits for more jobs to join it.
+        window_s: how long a new batch waits at most for as many jobs as the previous batch had
+            (a lone client does not wait).
         lock: held around every model call (the server's scoring shares the model).
         max_spread: a job joins a batch only if the batch's row lengths then differ by at most
             this many tokens: a ragged call runs from its shortest row, so each token of
@@ -116,8 +117,8 @@ class BatchScheduler:
     >>> scheduler.close()
     """
 
-    def __init__(self, generator, max_batch=8, max_queue=64, chunk_tokens=16, window_s=0.005, lock=None,
-                 max_spread=32):
+    def __init__(self, generator, max_batch=8, max_queue=64, chunk_tokens=16, window_s=0.02, lock=None,
+                 max_spread=64):
         if max_batch < 1 or max_queue < 1 or chunk_tokens < 1:
             raise ValueError("max_batch, max_queue and chunk_tokens must be positive")
         self.generator = generator
@@ -126,6 +127,7 @@ class BatchScheduler:
         self.chunk_tokens = chunk_tokens
         self.window_s = window_s
         self.max_spread = max_spread
+        self._last_batch = 1
         self.lock = lock or threading.Lock()
         self._waiting = collections.deque()
         self._active = []
@@ -241,13 +243,17 @@ class BatchScheduler:
                 if self._closed:
                     return None
                 self._active = [self._waiting.popleft()]
+                # Clients answered by the last batch are likely sending their next requests:
+                # wait (at most window_s) until as many jobs as it had are here.
+                expected = min(self._last_batch, self.max_batch)
                 deadline = time.monotonic() + self.window_s
-                while len(self._active) < self.max_batch and not self._closed:
+                while not self._closed:
                     self._admit()
                     left = deadline - time.monotonic()
-                    if left <= 0 or len(self._active) >= self.max_batch:
+                    if left <= 0 or len(self._active) >= expected:
                         break
                     self._cond.wait(left)
+                self._last_batch = len(self._active)
             elif self._closed:
                 return None
             self._admit()
