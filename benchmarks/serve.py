@@ -11,9 +11,12 @@ client:
   throughput ratio (generated tokens per second);
 * 16 clients sending `--load` requests in all: errors, p50 and p99 latency.
 
-A warm-up burst compiles the decoding loop's shapes first (not timed).
+The server compiles the decoding loop's shapes before it listens (`--warm-up`, not timed).
+`--ceiling` instead times `Generator.generate` itself in this process, 1 row vs 8 rows of the
+same prompts (alternating, medians): the most any batching scheduler can gain on this host.
 
     python benchmarks/serve.py --model saved_models/default [--rounds 3] [--serial 24] [--load 512]
+    python benchmarks/serve.py --model saved_models/default --ceiling
 
 Writes benchmarks/serve.json.
 """
@@ -73,6 +76,29 @@ def decoding_stats(url):
         return json.load(response)["decoding"]
 
 
+def ceiling(args):
+    """Tokens/s of one `generate` call on 8 rows vs on 1 row, side by side."""
+    from kerasllm.generation import Generator
+    from kerasllm.training import load_run
+
+    _, tokenizer, model = load_run(args.model)
+    generator = Generator(model, tokenizer)
+    rows = [tokenizer.encode(p) for p in PROMPTS[:8]]
+    settings = dict(max_new_tokens=args.max_tokens, temperature=0.8, top_k=40, stop_ids=(tokenizer.eos_id,))
+    times = {1: [], 8: []}
+    for batch in (1, 8):
+        generator.generate(rows[:batch], **settings)  # compile
+    for _ in range(5 * args.rounds):
+        for batch in (1, 8):
+            start = time.perf_counter()
+            generator.generate(rows[:batch], **settings)
+            times[batch].append(time.perf_counter() - start)
+    one, eight = (statistics.median(times[b]) for b in (1, 8))
+    print(f"generate, 1 row: {1000 * one:.1f} ms ({args.max_tokens / one:,.0f} tok/s); 8 rows: {1000 * eight:.1f} ms "
+          f"({8 * args.max_tokens / eight:,.0f} tok/s): {8 * one / eight:.2f}x ({len(times[1])} calls each, medians)")
+    return {"one_row_ms": 1000 * one, "eight_rows_ms": 1000 * eight, "ratio": 8 * one / eight}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="saved_models/default", help="run directory to serve")
@@ -82,8 +108,15 @@ def main():
     parser.add_argument("--load", type=int, default=512, help="requests of the 16-client test")
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--chunk-tokens", type=int, default=16)
+    parser.add_argument("--ceiling", action="store_true", help="time Generator.generate itself: 8 rows vs 1")
     parser.add_argument("--out", default=str(Path(__file__).with_name("serve.json")))
     args = parser.parse_args()
+    if args.ceiling:
+        result = ceiling(args)
+        out = Path(args.out).with_name(Path(args.out).stem + "_ceiling.json")
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {out}")
+        return
 
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
     env.pop("KERASLLM_API_KEY", None)
