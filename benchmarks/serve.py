@@ -84,7 +84,7 @@ def ceiling(args):
     _, tokenizer, model = load_run(args.model)
     generator = Generator(model, tokenizer)
     rows = [tokenizer.encode(p) for p in PROMPTS[:8]]
-    settings = dict(max_new_tokens=args.max_tokens, temperature=0.8, top_k=40, stop_ids=(tokenizer.eos_id,))
+    settings = {"max_new_tokens": args.max_tokens, "temperature": 0.8, "top_k": 40, "stop_ids": (tokenizer.eos_id,)}
     times = {1: [], 8: []}
     for batch in (1, 8):
         generator.generate(rows[:batch], **settings)  # compile
@@ -168,7 +168,7 @@ def main():
     ]
     print(f"\n{args.max_tokens} new tokens per request, --max-batch {args.max_batch}, "
           f"--chunk-tokens {args.chunk_tokens}, model {args.model}")
-    print(f"| clients | generated tok/s | p50 latency (ms) | p99 latency (ms) | requests | errors |")
+    print("| clients | generated tok/s | p50 latency (ms) | p99 latency (ms) | requests | errors |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, tps, p50, p99, n, errors in rows:
         print(f"| {name} | {tps:,.0f} | {p50:,.0f} | {p99:,.0f} | {n} | {errors} |")

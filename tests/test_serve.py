@@ -20,7 +20,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
-from conftest import REPO_ROOT, run_module  # noqa: E402
+from conftest import REPO_ROOT, run_module
 
 KEY = "test-key"
 TINY_RUN = [
@@ -189,7 +189,7 @@ def test_a_list_of_prompts_and_n(client, name, greedy):
 
 
 def test_seeded_sampling_repeats_and_equals_generate(client, name, greedy):
-    settings = dict(temperature=0.9, top_k=5, top_p=0.9, seed=123)
+    settings = {"temperature": 0.9, "top_k": 5, "top_p": 0.9, "seed": 123}
     first, again = (client.completions.create(model=name, prompt="the", max_tokens=16, temperature=0.9, top_p=0.9,
                                               seed=123, extra_body={"top_k": 5}) for _ in range(2))
     assert first.choices[0].text == again.choices[0].text == greedy("the", 16, **settings)

@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("starlette")
 webdriver = pytest.importorskip("selenium.webdriver")
 
-from test_serve import LiveServer, tiny_run  # noqa: E402
+from test_serve import LiveServer, tiny_run
 
 pytestmark = pytest.mark.slow
 
@@ -42,10 +42,9 @@ def server(tmp_path_factory):
 
 
 def test_the_page_streams_a_completion(browser, server, tmp_path):
+    import openai
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
-
-    import openai
 
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="page-key", max_retries=0)
     name = server.state.served.name

@@ -23,8 +23,20 @@ from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from kerasllm.generation import Generator, StopStrings
-from kerasllm.serving.batching import BatchScheduler, Job, QueueFull, Sampling, ShuttingDown
-from kerasllm.serving.schemas import ChatRequest, ClassifyRequest, CompletionRequest, ValidationError, describe_error
+from kerasllm.serving.batching import (
+    BatchScheduler,
+    Job,
+    QueueFull,
+    Sampling,
+    ShuttingDown,
+)
+from kerasllm.serving.schemas import (
+    ChatRequest,
+    ClassifyRequest,
+    CompletionRequest,
+    ValidationError,
+    describe_error,
+)
 from kerasllm.serving.scoring import token_logprobs
 
 log = logging.getLogger("kerasllm.serving")
