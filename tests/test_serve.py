@@ -502,3 +502,16 @@ def test_the_queue_has_a_bound(scheduler):
 
     with scheduler.lock, pytest.raises(QueueFull):
         scheduler.submit([Job([1], 1, Sampling(), lambda kind, value: None) for _ in range(7)])
+
+
+def test_chat_templates(loaded):
+    from kerasllm.serving import ServedModel
+
+    config, tokenizer, model = loaded
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the"},
+                {"role": "assistant", "content": "fox"}, {"role": "user", "content": "dog"}]
+    ids, stops = ServedModel(config, tokenizer, model, "plain").render_chat(messages)
+    assert ids == tokenizer.encode("System: be brief\nUser: the\nAssistant: fox\nUser: dog\nAssistant:").tolist()
+    assert stops == ["\nUser:", "\nSystem:"]
+    ids, stops = ServedModel(config, tokenizer, model, "sft", sft=True).render_chat(messages)
+    assert ids == [tokenizer.bos_id, *tokenizer.encode("the\ndog").tolist()] and stops == []
