@@ -515,3 +515,34 @@ def test_chat_templates(loaded):
     assert stops == ["\nUser:", "\nSystem:"]
     ids, stops = ServedModel(config, tokenizer, model, "sft", sft=True).render_chat(messages)
     assert ids == [tokenizer.bos_id, *tokenizer.encode("the\ndog").tolist()] and stops == []
+
+
+def test_a_finetuned_classifier_run_serves_classify(run_dir, tmp_path):
+    import tensorflow as tf
+
+    from kerasllm.config import Config
+    from kerasllm.export.classifier import ClassifierServer
+    from kerasllm.serving import ServedModel
+    from kerasllm.training.finetune import finetune
+
+    data = tmp_path / "train.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"the quick fox {i}\tfast\nthe lazy dog {i}\tslow\n" for i in range(20)))
+    config = Config(name="clf")
+    for item in [f'data.dataset="{data}"', "train.batch_size=8", "train.max_steps=4", "train.eval_interval=4",
+                 "train.warmup_steps=1", "train.jit_compile=false", "finetune.epochs=1"]:
+        config.override(item)
+    finetune(config, run_dir, tmp_path / "clf", verbose=0)
+    served = ServedModel.load(tmp_path / "clf")
+    assert served.kind == "classifier" and served.labels == ["fast", "slow"]
+    live = LiveServer(served)
+    try:
+        texts = ["the quick fox", "the lazy dog"]
+        status, answer = post(live.url + "/v1/classify", {"model": "clf", "input": texts}, key=None)
+        assert status == 200, answer
+        expected = ClassifierServer(served.model, served.tokenizer, served.max_length).classify(tf.constant(texts))
+        np.testing.assert_allclose([row["probabilities"] for row in answer["data"]],
+                                   expected["probabilities"].numpy(), atol=1e-5)
+        models = json.load(urllib.request.urlopen(live.url + "/v1/models"))
+        assert models["data"][0]["kind"] == "classifier" and models["data"][0]["labels"] == ["fast", "slow"]
+    finally:
+        live.stop()
