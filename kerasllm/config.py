@@ -64,6 +64,23 @@ class ModelConfig:
     norm_eps: float = _opt(1e-5, "epsilon of the normalization layers")
     rope_theta: float = _opt(10000.0, "RoPE base wavelength")
     hidden_size: int = _opt(0, "LSTM hidden units; 0: n_embd")
+    # Options of published checkpoints (GPT-2, Llama, Mistral, Qwen); the defaults change nothing.
+    mlp_activation: str = _choice(
+        "auto", ["auto", "gelu", "gelu_tanh", "silu", "relu"],
+        "MLP activation (swiglu: of the gate); auto: exact gelu for mlp = gelu, silu for swiglu; "
+        "gelu_tanh is GPT-2's 'gelu_new'",
+    )
+    qkv_bias: bool = _opt(False, "biases on the query/key/value projection even when bias = false (Qwen2)")
+    head_dim: int = _opt(0, "attention head width; 0: n_embd // n_head (Qwen3 decouples them)")
+    qk_norm: bool = _opt(False, "RMSNorm on each head's queries and keys before RoPE (Qwen3)")
+    rope_scaling: str = _choice(
+        "none", ["none", "linear", "llama3"],
+        "RoPE frequency scaling: linear divides positions by rope_factor; llama3 as Llama 3.1",
+    )
+    rope_factor: float = _opt(1.0, "rope_scaling factor")
+    rope_low_freq_factor: float = _opt(1.0, "rope_scaling = llama3: low_freq_factor")
+    rope_high_freq_factor: float = _opt(4.0, "rope_scaling = llama3: high_freq_factor")
+    rope_original_context: int = _opt(8192, "rope_scaling = llama3: original_max_position_embeddings")
 
 
 @dataclass

@@ -41,18 +41,19 @@ def build_model(model_config, vocab_size=None, remat=False):
         if getattr(c, key) <= 0:
             raise ConfigError(f"model.{key} = {getattr(c, key)}: expected a positive integer")
     if c.arch == "gpt":
-        if c.n_embd % c.n_head:
+        if c.n_embd % c.n_head and not c.head_dim:
             raise ConfigError(f"model.n_embd = {c.n_embd} must be divisible by model.n_head = {c.n_head}")
         if c.n_kv_head and c.n_head % c.n_kv_head:
             raise ConfigError(f"model.n_head = {c.n_head} must be a multiple of model.n_kv_head = {c.n_kv_head}")
-        if c.positions == "rope" and (c.n_embd // c.n_head) % 2:
-            raise ConfigError(f"model.positions = 'rope' needs an even head size, got {c.n_embd // c.n_head}")
+        head_dim = c.head_dim or c.n_embd // c.n_head
+        if c.positions == "rope" and head_dim % 2:
+            raise ConfigError(f"model.positions = 'rope' needs an even head size, got {head_dim}")
         model = GPT(
             vocab_size=vocab_size, block_size=c.block_size, n_layer=c.n_layer, n_head=c.n_head,
             n_embd=c.n_embd, n_kv_head=c.n_kv_head or None, mlp_hidden=c.mlp_hidden or None,
             mlp=c.mlp, norm=c.norm, norm_eps=c.norm_eps, positions=c.positions,
             rope_theta=c.rope_theta, dropout=c.dropout, bias=c.bias,
-            tie_embeddings=c.tie_embeddings,
+            tie_embeddings=c.tie_embeddings, **checkpoint_options(c),
         )
         if remat:
             rematerialize_blocks(model)
@@ -65,6 +66,30 @@ def build_model(model_config, vocab_size=None, remat=False):
         raise ConfigError(f"model.arch = {c.arch!r}: expected 'gpt' or 'lstm'")
     model.build((None, c.block_size))
     return model
+
+
+def checkpoint_options(model_config):
+    """The `GPT` keyword arguments of the `ModelConfig` options published checkpoints need.
+
+    Examples:
+
+    >>> from kerasllm.config import ModelConfig
+    >>> checkpoint_options(ModelConfig(rope_scaling="linear", rope_factor=2.0))["rope_scaling"]
+    {'type': 'linear', 'factor': 2.0}
+    """
+    c = model_config
+    scaling = None
+    if c.rope_scaling == "linear":
+        scaling = {"type": "linear", "factor": c.rope_factor}
+    elif c.rope_scaling == "llama3":
+        scaling = {
+            "type": "llama3", "factor": c.rope_factor, "low_freq_factor": c.rope_low_freq_factor,
+            "high_freq_factor": c.rope_high_freq_factor, "original_context": c.rope_original_context,
+        }
+    return dict(
+        mlp_activation=c.mlp_activation, qkv_bias=c.qkv_bias, head_dim=c.head_dim or None,
+        qk_norm=c.qk_norm, rope_scaling=scaling,
+    )
 
 
 def check_remat(model_config):
