@@ -1,0 +1,252 @@
+"""Pretrained checkpoints: tiny random keras-hub models, written as Hugging Face folders and
+keras-hub presets, load into kerasllm's GPT with the same logits and greedy generations."""
+
+import json
+
+import keras_hub
+import numpy as np
+import pytest
+
+from kerasllm.checkpoints import is_pretrained_source, load_pretrained
+from kerasllm.checkpoints.keras_hub_preset import backbone_hf_config, qwen3_tensors
+from kerasllm.checkpoints.safetensors_io import SafetensorsCheckpoint, write_safetensors
+from kerasllm.errors import ConfigError, DataError
+
+VOCAB = 320
+TEXTS = ["The quick brown fox jumps over the lazy dog.\n", "今天天气很好，我们去公园散步。\n",
+         "emoji 🙂🚀 and numbers 12345\n", "hello world, hello kerasllm\n"] * 20
+
+
+def tokenizer_json(size=VOCAB):
+    """A tiny GPT-2 style byte-level BPE (HF tokenizers), `<|endoftext|>` as id 0."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    hf = Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=size, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    hf.train_from_iterator(TEXTS, trainer)
+    return hf.to_str()
+
+
+def backbone(kind):
+    common = dict(vocabulary_size=VOCAB, num_layers=2, hidden_dim=32, intermediate_dim=64)
+    gqa = dict(common, num_query_heads=4, num_key_value_heads=2)
+    if kind == "gpt2":
+        model = keras_hub.models.GPT2Backbone(**dict(common, intermediate_dim=128), num_heads=4, max_sequence_length=64)
+    elif kind == "llama3":
+        model = keras_hub.models.Llama3Backbone(
+            **gqa, rope_max_wavelength=500000.0, rope_frequency_adjustment_factor=8.0, rope_low_freq_factor=1.0,
+            rope_high_freq_factor=4.0, rope_pretraining_sequence_length=16, layer_norm_epsilon=1e-6,
+            tie_word_embeddings=False,
+        )
+    elif kind == "mistral":
+        model = keras_hub.models.MistralBackbone(**dict(gqa, num_key_value_heads=1), sliding_window=512,
+                                                 layer_norm_epsilon=1e-5)
+    elif kind == "qwen2":
+        model = keras_hub.models.QwenBackbone(**gqa, tie_word_embeddings=True, layer_norm_epsilon=1e-6)
+    elif kind == "qwen2_untied":
+        model = keras_hub.models.QwenBackbone(**gqa, tie_word_embeddings=False, layer_norm_epsilon=1e-6)
+    else:
+        model = keras_hub.models.Qwen3Backbone(**gqa, head_dim=12, layer_norm_epsilon=1e-6,
+                                               tie_word_embeddings=False)
+    rng = np.random.default_rng(0)
+    for weight in model.weights:  # large weights: activation differences (tanh GELU) show
+        if "norm" in weight.path or "gamma" in weight.path or "scale" in weight.path:
+            weight.assign(1 + rng.normal(0, 0.2, weight.shape))
+        else:
+            weight.assign(rng.normal(0, 0.25, weight.shape))
+    return model
+
+
+CAUSAL_LM = {"gpt2": keras_hub.models.GPT2CausalLM, "llama3": keras_hub.models.Llama3CausalLM,
+             "mistral": keras_hub.models.MistralCausalLM, "qwen2": keras_hub.models.QwenCausalLM,
+             "qwen2_untied": keras_hub.models.QwenCausalLM, "qwen3": keras_hub.models.Qwen3CausalLM}
+
+
+def write_hf(kind, folder):
+    """keras-hub's own `export_to_transformers` where it has one; Qwen3 by hand."""
+    model = backbone(kind)
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "qwen3":
+        (folder / "config.json").write_text(json.dumps(backbone_hf_config(model)))
+        write_safetensors(qwen3_tensors(model), folder / "model.safetensors")
+    else:
+        CAUSAL_LM[kind](backbone=model, preprocessor=None).export_to_transformers(str(folder))
+        if kind.startswith("qwen2"):  # keras-hub's Qwen export omits use_sliding_window
+            config = json.loads((folder / "config.json").read_text())
+            (folder / "config.json").write_text(json.dumps(dict(config, use_sliding_window=False)))
+    (folder / "tokenizer.json").write_text(tokenizer_json())
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
+    return model
+
+
+def ids(batch=2, time=24, seed=1):
+    return np.random.default_rng(seed).integers(0, VOCAB, (batch, time)).astype("int32")
+
+
+def hub_logits(model, token_ids):
+    task = CAUSAL_LM[type_of(model)](backbone=model, preprocessor=None)
+    return np.asarray(task({"token_ids": token_ids, "padding_mask": np.ones_like(token_ids, bool)}))
+
+
+def type_of(model):
+    return {"GPT2Backbone": "gpt2", "Llama3Backbone": "llama3", "MistralBackbone": "mistral",
+            "QwenBackbone": "qwen2", "Qwen3Backbone": "qwen3"}[type(model).__name__]
+
+
+KINDS = ["gpt2", "llama3", "mistral", "qwen2", "qwen2_untied", "qwen3"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_hf_folder_gives_keras_hubs_logits(kind, tmp_path):
+    hub = write_hf(kind, tmp_path / kind)
+    config, tokenizer, model = load_pretrained(tmp_path / kind, block_size=64)
+    x = ids()
+    expected = hub_logits(hub, x)
+    np.testing.assert_allclose(np.asarray(model(x)), expected, atol=1e-4, rtol=1e-5)
+    assert np.abs(expected).max() > 1.0  # weights large enough for activations to matter
+    assert config.model.block_size == 64 and config.data.tokenizer == "pretrained"
+
+
+def test_gpt2_import_uses_tanh_gelu_and_exact_gelu_would_show(tmp_path):
+    write_hf("gpt2", tmp_path / "gpt2")
+    config, _, model = load_pretrained(tmp_path / "gpt2")
+    assert config.model.mlp_activation == "gelu_tanh" and config.model.block_size == 64
+    from kerasllm.models import build_model
+
+    config.model.mlp_activation = "gelu"
+    exact = build_model(config.model)
+    for a, b in zip(exact.weights, model.weights):
+        a.assign(b)
+    x = ids()
+    # Several times the 1e-4 parity tolerance: importing with exact GELU would fail the parity test.
+    assert np.abs(np.asarray(exact(x)) - np.asarray(model(x))).max() > 5e-4
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama3", "qwen3"])
+def test_greedy_generation_matches_keras_hub(kind, tmp_path):
+    from kerasllm.generation import Generator
+
+    hub = write_hf(kind, tmp_path / kind)
+    _, tokenizer, model = load_pretrained(tmp_path / kind, block_size=64)
+    prompt = ids(batch=1, time=8, seed=3)
+    ours = Generator(model, tokenizer).generate(prompt, max_new_tokens=32, temperature=0)
+    task = CAUSAL_LM[kind](backbone=hub, preprocessor=None)
+    task.compile(sampler="greedy")
+    padded = np.zeros((1, 40), "int32")
+    padded[:, :8] = prompt
+    mask = np.zeros((1, 40), bool)
+    mask[:, :8] = True
+    theirs = task.generate({"token_ids": padded, "padding_mask": mask}, stop_token_ids=None)
+    np.testing.assert_array_equal(np.asarray(ours)[0], np.asarray(theirs["token_ids"])[0])
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "qwen3"])
+def test_keras_hub_preset_gives_the_same_logits(kind, tmp_path):
+    import keras_hub
+
+    hub = backbone(kind)
+    hub.save_to_preset(str(tmp_path / "preset"))
+    spec = json.loads(tokenizer_json(VOCAB - 2))  # room for Qwen's two chat tokens
+    vocab, merges = spec["model"]["vocab"], [" ".join(m) if isinstance(m, list) else m for m in spec["model"]["merges"]]
+    tokenizer_cls = {"gpt2": keras_hub.tokenizers.GPT2Tokenizer, "qwen3": keras_hub.models.Qwen3Tokenizer}[kind]
+    if kind == "qwen3":
+        vocab = dict(vocab, **{"<|im_end|>": len(vocab), "<|im_start|>": len(vocab) + 1})
+    hub_tokenizer = tokenizer_cls(vocabulary=vocab, merges=merges)
+    hub_tokenizer.save_to_preset(str(tmp_path / "preset"))
+    assert is_pretrained_source(tmp_path / "preset")
+    _, tokenizer, model = load_pretrained(tmp_path / "preset", block_size=64)
+    x = ids()
+    np.testing.assert_allclose(np.asarray(model(x)), hub_logits(hub, x), atol=1e-4, rtol=1e-5)
+    assert tokenizer.eos_id == vocab[hub_tokenizer.end_token]  # Qwen3: <|im_end|>, as keras-hub
+    text = "hello world 🙂"
+    assert tokenizer.encode(text).tolist() == np.asarray(hub_tokenizer(text)).tolist()
+
+
+@pytest.mark.parametrize("text", ["The quick brown fox.", "今天天气很好", "emoji 🙂🚀 ok", "a<|endoftext|>b\n\nc"])
+def test_tokenizer_python_and_graph_encodings_agree(text, tmp_path):
+    from tokenizers import Tokenizer
+
+    from kerasllm.tokenizers import load_tokenizer
+    from kerasllm.tokenizers.pretrained import PretrainedTokenizer
+
+    source = tokenizer_json()
+    tok = PretrainedTokenizer(source, roles={"eos": "<|endoftext|>"})
+    reference = Tokenizer.from_str(source).encode(text, add_special_tokens=False).ids
+    assert tok.encode(text).tolist() == reference
+    assert np.asarray(tok.tf_encode(text)).tolist() == reference
+    assert tok.decode(tok.encode(text), skip_special_tokens=False) == text
+    tok.save(tmp_path)
+    assert load_tokenizer(tmp_path).encode(text).tolist() == reference
+
+
+def test_bfloat16_checkpoint_loads(tmp_path):
+    hub = write_hf("llama3", tmp_path / "f32")
+    bf16 = tmp_path / "bf16"
+    bf16.mkdir()
+    checkpoint = SafetensorsCheckpoint(tmp_path / "f32")
+    write_safetensors({k: checkpoint.get(k) for k in checkpoint.keys()}, bf16 / "model.safetensors", "bfloat16")
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (bf16 / name).write_text((tmp_path / "f32" / name).read_text())
+    assert SafetensorsCheckpoint(bf16).dtype("norm.weight") == "BF16"
+    _, _, model = load_pretrained(bf16, block_size=64)
+    weight = np.asarray(model.get_layer("final_norm").scale)
+    np.testing.assert_allclose(weight, checkpoint.get("norm.weight"), rtol=1e-2)
+    x = ids()
+    assert np.abs(np.asarray(model(x)) - hub_logits(hub, x)).max() < 0.5 * np.abs(hub_logits(hub, x)).max()
+
+
+# --- bad input: one line naming the file or key -------------------------------------------
+def test_folder_in_neither_format(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(DataError, match="neither a Hugging Face checkpoint"):
+        load_pretrained(tmp_path)
+
+
+def test_unsupported_model_type(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ConfigError, match=r"config.json: model_type = 'bert' is not supported; kerasllm imports gpt2"):
+        load_pretrained(tmp_path)
+
+
+def test_missing_tokenizer_file(tmp_path):
+    write_hf("gpt2", tmp_path)
+    (tmp_path / "tokenizer.json").unlink()
+    with pytest.raises(DataError, match="no tokenizer file; expected tokenizer.json"):
+        load_pretrained(tmp_path)
+
+
+def test_truncated_safetensors(tmp_path):
+    write_hf("gpt2", tmp_path)
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DataError, match=r"model.safetensors: truncated"):
+        load_pretrained(tmp_path)
+
+
+def test_mismatched_shapes(tmp_path):
+    write_hf("llama3", tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(dict(config, intermediate_size=48)))
+    with pytest.raises(DataError, match=r"model.safetensors: tensor shapes .*gate_proj.weight \(64, 32\).* do not fit block_0/mlp/fc/kernel"):
+        load_pretrained(tmp_path)
+
+
+def test_longer_context_than_the_checkpoint(tmp_path):
+    write_hf("gpt2", tmp_path)
+    with pytest.raises(ConfigError, match="context is 64 tokens; model.block_size = 128 is longer"):
+        load_pretrained(tmp_path, block_size=128)
+
+
+def test_mistral_sliding_window_shorter_than_the_context(tmp_path):
+    write_hf("mistral", tmp_path)
+    with pytest.raises(ConfigError, match="sliding_window = 512 is shorter than the context 32768"):
+        load_pretrained(tmp_path)
+
+
+def test_offline_hf_source_says_which_path_to_pass(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="pass DIR instead"):
+        load_pretrained("hf://nobody/not-cached-anywhere")
