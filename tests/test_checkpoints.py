@@ -250,3 +250,103 @@ def test_offline_hf_source_says_which_path_to_pass(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match="pass DIR instead"):
         load_pretrained("hf://nobody/not-cached-anywhere")
+
+
+# --- export back: kerasllm -> Hugging Face folder / keras-hub preset -> same logits ----------
+EXPORTS = {
+    "gpt2": dict(mlp_activation="gelu_tanh"),
+    "llama": dict(positions="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False, n_kv_head=2,
+                  norm_eps=1e-6, rope_theta=500000.0, rope_scaling="llama3", rope_factor=8.0,
+                  rope_original_context=16, mlp_hidden=64),
+    "qwen2": dict(positions="rope", norm="rmsnorm", mlp="swiglu", bias=False, qkv_bias=True, n_kv_head=2,
+                  norm_eps=1e-6, mlp_hidden=64),
+    "qwen3": dict(positions="rope", norm="rmsnorm", mlp="swiglu", bias=False, qk_norm=True, head_dim=12,
+                  n_kv_head=2, norm_eps=1e-6, tie_embeddings=False, mlp_hidden=64),
+}
+
+
+def kerasllm_model(kind, **changes):
+    from kerasllm.config import ModelConfig
+    from kerasllm.models import build_model
+    from kerasllm.tokenizers import BPETokenizer
+
+    tokenizer = BPETokenizer.train(TEXTS, vocab_size=300)
+    config = ModelConfig(n_layer=2, n_head=4, n_embd=32, block_size=64, **dict(EXPORTS[kind], **changes))
+    model = build_model(config, vocab_size=tokenizer.vocabulary_size)
+    rng = np.random.default_rng(5)
+    for weight in model.weights:
+        if weight.path.endswith(("gamma", "scale")):
+            weight.assign(1 + rng.normal(0, 0.2, weight.shape))
+        else:
+            weight.assign(rng.normal(0, 0.25, weight.shape))
+    return model, tokenizer
+
+
+@pytest.mark.parametrize("kind", list(EXPORTS))
+def test_export_hf_loads_in_keras_hub_with_the_same_logits(kind, tmp_path):
+    from kerasllm.checkpoints.writer import save_hf
+
+    model, tokenizer = kerasllm_model(kind)
+    save_hf(model, tokenizer, tmp_path / "hf")
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == kind
+    x = ids(time=20) % tokenizer.vocabulary_size
+    expected = np.asarray(model(x))
+    hub = keras_hub.models.Backbone.from_preset(str(tmp_path / "hf"))
+    np.testing.assert_allclose(hub_logits(hub, x), expected, atol=1e-4, rtol=1e-5)
+    _, again_tokenizer, again = load_pretrained(tmp_path / "hf")
+    np.testing.assert_allclose(np.asarray(again(x)), expected, atol=1e-5)
+    for text in ["hello world 🙂", "今天天气很好<eos>"]:
+        assert again_tokenizer.encode(text).tolist() == tokenizer.encode(text).tolist()
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_export_keras_hub_preset_loads_with_the_same_logits(kind, tmp_path):
+    from kerasllm.checkpoints.writer import save_keras_hub
+
+    model, tokenizer = kerasllm_model(kind, norm_eps=1e-5)  # keras-hub's Llama converter alone would use 1e-6
+    save_keras_hub(model, tokenizer, tmp_path / "preset")
+    x = ids(time=20) % tokenizer.vocabulary_size
+    hub = keras_hub.models.Backbone.from_preset(str(tmp_path / "preset"))
+    np.testing.assert_allclose(hub_logits(hub, x), np.asarray(model(x)), atol=1e-4, rtol=1e-5)
+    hub_tokenizer = keras_hub.tokenizers.Tokenizer.from_preset(str(tmp_path / "preset"))
+    assert np.asarray(hub_tokenizer("hello world")).tolist() == tokenizer.encode("hello world").tolist()
+
+
+def test_export_cli_writes_a_folder_that_imports_back(tmp_path):
+    from kerasllm.checkpoints.writer import save_hf
+    from kerasllm.recipes.export import main
+
+    model, tokenizer = kerasllm_model("qwen3")
+    save_hf(model, tokenizer, tmp_path / "source")
+    main(["--model", str(tmp_path / "source"), "--format", "hf", "--output", str(tmp_path / "out")])
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        assert (tmp_path / "out" / name).is_file()
+    x = ids(time=12) % tokenizer.vocabulary_size
+    np.testing.assert_allclose(np.asarray(load_pretrained(tmp_path / "out")[2](x)), np.asarray(model(x)), atol=1e-5)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(positions="rope"), "model.positions/norm/mlp = rope/layernorm/gelu: no Hugging Face architecture"),
+    (dict(tie_embeddings=False), "model.tie_embeddings = false: gpt2 ties"),
+    (dict(n_kv_head=2), "model.n_kv_head = 2: gpt2"),
+])
+def test_export_of_an_inexpressible_model_names_the_option(changes, message, tmp_path):
+    from kerasllm.checkpoints.writer import save_hf
+
+    model, tokenizer = kerasllm_model("gpt2", **changes)
+    with pytest.raises(ConfigError, match=message):
+        save_hf(model, tokenizer, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["char", "byte", "wordpiece"])
+def test_tokenizer_json_of_each_kind_encodes_the_same(kind):
+    from tokenizers import Tokenizer
+
+    from kerasllm.checkpoints.tokenizer_files import hf_tokenizer_json
+    from kerasllm.tokenizers import get_tokenizer_class
+
+    tok = get_tokenizer_class(kind).train(TEXTS, vocab_size=200)
+    hf = Tokenizer.from_str(hf_tokenizer_json(tok))
+    for text in ["The quick brown fox.", "今天天气很好", "emoji 🙂 ok<eos>"]:
+        assert hf.encode(text).ids == tok.encode(text).tolist(), text
