@@ -350,3 +350,20 @@ def test_tokenizer_json_of_each_kind_encodes_the_same(kind):
     hf = Tokenizer.from_str(hf_tokenizer_json(tok))
     for text in ["The quick brown fox.", "今天天气很好", "emoji 🙂 ok<eos>"]:
         assert hf.encode(text).ids == tok.encode(text).tolist(), text
+
+
+def test_sentencepiece_tokenizer_model_python_and_graph_agree(tmp_path):
+    import sentencepiece
+
+    from kerasllm.tokenizers import SentencePieceTokenizer
+    from kerasllm.tokenizers.pretrained import PretrainedTokenizer
+
+    proto = SentencePieceTokenizer.train(TEXTS, vocab_size=400).proto
+    (tmp_path / "tokenizer.model").write_bytes(proto)
+    tok = PretrainedTokenizer.from_directory(tmp_path)
+    reference = sentencepiece.SentencePieceProcessor(model_proto=proto)
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (reference.bos_id(), reference.eos_id(), reference.pad_id())
+    for text in ["The quick brown fox.", "今天天气很好", "emoji 🙂🚀 ok"]:
+        assert tok.encode(text).tolist() == reference.encode(text)
+        assert np.asarray(tok.tf_encode(text)).tolist() == reference.encode(text)
+        assert tok.decode(tok.encode(text)) == text

@@ -90,6 +90,29 @@ class PretrainedTokenizer(Tokenizer):
         return resolved
 
     @classmethod
+    def train(cls, texts, vocab_size=1000, special_tokens=("<|endoftext|>",), **kwargs):
+        """A new GPT-2 style byte-level BPE in `tokenizer.json` form (HF `tokenizers`' trainer).
+
+        Checkpoints bring their own tokenizer; this makes one of the same kind from text, with
+        `<|endoftext|>` (id 0) as eos, bos, pad and unk, as GPT-2 has.
+        """
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+
+        if isinstance(texts, str):
+            texts = [texts]
+        names = [t for t in special_tokens if not t.startswith("<") or t.startswith("<|")] or ["<|endoftext|>"]
+        hf = HFTokenizer(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        hf.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size or 1000, special_tokens=names, show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
+        hf.train_from_iterator(list(texts), trainer)
+        return cls(tokenizer_json=hf.to_str(), roles={"eos": names[0]})
+
+    @classmethod
     def from_directory(cls, directory):
         """Reads the tokenizer files of a Hugging Face checkpoint folder.
 
