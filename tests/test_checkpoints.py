@@ -367,3 +367,9 @@ def test_sentencepiece_tokenizer_model_python_and_graph_agree(tmp_path):
         assert tok.encode(text).tolist() == reference.encode(text)
         assert np.asarray(tok.tf_encode(text)).tolist() == reference.encode(text)
         assert tok.decode(tok.encode(text)) == text
+    # Llama 2 / Mistral ship a Metaspace tokenizer.json beside tokenizer.model: the latter is used.
+    from kerasllm.checkpoints.tokenizer_files import hf_tokenizer_json
+    from kerasllm.tokenizers import CharTokenizer
+
+    (tmp_path / "tokenizer.json").write_text(hf_tokenizer_json(CharTokenizer.train(TEXTS)))
+    assert PretrainedTokenizer.from_directory(tmp_path).sp_model == proto

@@ -29,7 +29,7 @@ class PretrainedTokenizer(Tokenizer):
     its `SentencePieceTokenizer` (tensorflow-text) for SentencePiece models.
 
     Roles: `bos`/`eos`/`pad`/`unk` come from `tokenizer_config.json` (`bos_token`, ...), then
-    `config.json` (`bos_token_id`, ...), then the usual names. A checkpoint without a pad
+    the usual names (`<|endoftext|>`, `<s>`, `</s>`, ...). A checkpoint without a pad
     token pads with `eos`; without an unk token (byte-level BPE needs none) `unk_id` is `eos`
     too; without a bos token (Qwen) `bos` is `eos`.
 
@@ -116,17 +116,22 @@ class PretrainedTokenizer(Tokenizer):
     def from_directory(cls, directory):
         """Reads the tokenizer files of a Hugging Face checkpoint folder.
 
-        Uses `tokenizer.json`, else `vocab.json` + `merges.txt` (GPT-2 byte-level BPE), else
-        `tokenizer.model` (SentencePiece); roles from `tokenizer_config.json` / `config.json`.
+        Uses `tokenizer.json` when it is byte-level BPE (GPT-2, Llama 3, Qwen) or the only file,
+        else `tokenizer.model` (SentencePiece: Llama 2, Mistral), else `vocab.json` +
+        `merges.txt` (GPT-2 byte-level BPE); roles from `tokenizer_config.json`.
         """
         directory = Path(directory)
         roles = _roles_from_configs(directory)
         if (directory / "tokenizer.json").is_file():
-            return cls(tokenizer_json=(directory / "tokenizer.json").read_text(encoding="utf-8"), roles=roles)
-        if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
-            return cls(tokenizer_json=_byte_level_json(directory / "vocab.json", directory / "merges.txt"), roles=roles)
+            tokenizer = cls(tokenizer_json=(directory / "tokenizer.json").read_text(encoding="utf-8"), roles=roles)
+            if tokenizer.is_byte_level or not (directory / "tokenizer.model").is_file():
+                return tokenizer
+            # Llama 2 / Mistral: the SentencePiece model is the reference and also runs in graphs.
+            return cls(sp_model=(directory / "tokenizer.model").read_bytes(), roles=roles)
         if (directory / "tokenizer.model").is_file():
             return cls(sp_model=(directory / "tokenizer.model").read_bytes(), roles=roles)
+        if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
+            return cls(tokenizer_json=_byte_level_json(directory / "vocab.json", directory / "merges.txt"), roles=roles)
         raise DataError(
             f"{directory}: no tokenizer file; expected tokenizer.json, vocab.json + merges.txt, or tokenizer.model"
         )
@@ -258,7 +263,10 @@ def _roles_from_configs(directory):
     roles = {}
     config_path = directory / "tokenizer_config.json"
     if config_path.is_file():
-        config = json.loads(config_path.read_text(encoding="utf-8"))
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise DataError(f"{config_path}: not valid JSON: {error}") from None
         for role in _ROLE_NAMES:
             if config.get(f"{role}_token"):
                 roles[role] = _token_text(config[f"{role}_token"])
