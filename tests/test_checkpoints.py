@@ -373,3 +373,27 @@ def test_sentencepiece_tokenizer_model_python_and_graph_agree(tmp_path):
 
     (tmp_path / "tokenizer.json").write_text(hf_tokenizer_json(CharTokenizer.train(TEXTS)))
     assert PretrainedTokenizer.from_directory(tmp_path).sp_model == proto
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_chat_template_renders_and_splits_assistant_turns(tmp_path):
+    from kerasllm.tokenizers import load_tokenizer
+    from kerasllm.tokenizers.pretrained import PretrainedTokenizer
+
+    (tmp_path / "tokenizer.json").write_text(tokenizer_json())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>", "chat_template": CHATML}))
+    tok = PretrainedTokenizer.from_directory(tmp_path)
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    full = tok.apply_chat_template(messages)
+    assert full.endswith("<|im_start|>assistant\n4<|im_end|>\n")
+    turns = tok.chat_turns(messages)
+    assert [response for _, response in turns] == ["hello<|im_end|>\n", "4<|im_end|>\n"]
+    assert "".join(p + r for p, r in turns) == full
+    tok.save(tmp_path / "saved")
+    assert load_tokenizer(tmp_path / "saved").apply_chat_template(messages) == full
+    with pytest.raises(DataError, match="no chat_template"):
+        PretrainedTokenizer(tokenizer_json(), roles={"eos": "<|endoftext|>"}).apply_chat_template(messages)

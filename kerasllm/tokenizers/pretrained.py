@@ -37,6 +37,7 @@ class PretrainedTokenizer(Tokenizer):
         tokenizer_json: the text of a HF `tokenizer.json`, or `None`.
         sp_model: the bytes of a SentencePiece `tokenizer.model`, or `None` (one of the two).
         roles: dict role -> token string, for bos/eos/pad/unk (missing roles fall back as above).
+        chat_template: the Jinja template of `tokenizer_config.json`'s `chat_template`, or `None`.
 
     Examples:
 
@@ -50,7 +51,7 @@ class PretrainedTokenizer(Tokenizer):
     ([3, 3, 0], 0)
     """
 
-    def __init__(self, tokenizer_json=None, sp_model=None, roles=None):
+    def __init__(self, tokenizer_json=None, sp_model=None, roles=None, chat_template=None):
         if (tokenizer_json is None) == (sp_model is None):
             raise DataError("pretrained tokenizer: give exactly one of tokenizer_json and sp_model")
         self.tokenizer_json = tokenizer_json
@@ -71,6 +72,7 @@ class PretrainedTokenizer(Tokenizer):
             self.special_tokens = [self._sp.id_to_piece(i) for i in range(self._sp.get_piece_size())
                                    if self._sp.is_control(i) or self._sp.is_unknown(i)]
         self.roles = self._resolve_roles(dict(roles or {}))
+        self.chat_template = chat_template
 
     def _resolve_roles(self, roles):
         resolved = {}
@@ -121,17 +123,18 @@ class PretrainedTokenizer(Tokenizer):
         `merges.txt` (GPT-2 byte-level BPE); roles from `tokenizer_config.json`.
         """
         directory = Path(directory)
-        roles = _roles_from_configs(directory)
+        roles, template = _roles_from_configs(directory)
+        kwargs = dict(roles=roles, chat_template=template)
         if (directory / "tokenizer.json").is_file():
-            tokenizer = cls(tokenizer_json=(directory / "tokenizer.json").read_text(encoding="utf-8"), roles=roles)
+            tokenizer = cls(tokenizer_json=(directory / "tokenizer.json").read_text(encoding="utf-8"), **kwargs)
             if tokenizer.is_byte_level or not (directory / "tokenizer.model").is_file():
                 return tokenizer
             # Llama 2 / Mistral: the SentencePiece model is the reference and also runs in graphs.
-            return cls(sp_model=(directory / "tokenizer.model").read_bytes(), roles=roles)
+            return cls(sp_model=(directory / "tokenizer.model").read_bytes(), **kwargs)
         if (directory / "tokenizer.model").is_file():
-            return cls(sp_model=(directory / "tokenizer.model").read_bytes(), roles=roles)
+            return cls(sp_model=(directory / "tokenizer.model").read_bytes(), **kwargs)
         if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
-            return cls(tokenizer_json=_byte_level_json(directory / "vocab.json", directory / "merges.txt"), roles=roles)
+            return cls(tokenizer_json=_byte_level_json(directory / "vocab.json", directory / "merges.txt"), **kwargs)
         raise DataError(
             f"{directory}: no tokenizer file; expected tokenizer.json, vocab.json + merges.txt, or tokenizer.model"
         )
@@ -141,12 +144,14 @@ class PretrainedTokenizer(Tokenizer):
             "tokenizer_json": self.tokenizer_json,
             "sp_model": base64.b64encode(self.sp_model).decode("ascii") if self.sp_model is not None else None,
             "roles": self.roles,
+            "chat_template": self.chat_template,
         }
 
     @classmethod
     def from_config(cls, config):
         sp_model = config.get("sp_model")
-        return cls(config.get("tokenizer_json"), base64.b64decode(sp_model) if sp_model else None, config.get("roles"))
+        return cls(config.get("tokenizer_json"), base64.b64decode(sp_model) if sp_model else None, config.get("roles"),
+                   config.get("chat_template"))
 
     # --- ids -----------------------------------------------------------------------------
     def token_to_id(self, token):
@@ -202,6 +207,54 @@ class PretrainedTokenizer(Tokenizer):
         if self.tokenizer_json is not None:
             return self._hf.decode(ids, skip_special_tokens=False)
         return self._sp.decode(ids)
+
+    # --- chat ----------------------------------------------------------------------------
+    def apply_chat_template(self, messages, add_generation_prompt=False):
+        """Renders `[{"role": ..., "content": ...}, ...]` with the checkpoint's chat template.
+
+        Rendered as transformers does (Jinja2 sandbox, `trim_blocks`, `lstrip_blocks`, the
+        `bos_token`/`eos_token` variables and `raise_exception`).
+
+        Raises:
+            DataError: the checkpoint has no `chat_template`, or the template rejects the messages.
+        """
+        if not self.chat_template:
+            raise DataError("tokenizer_config.json has no chat_template: this checkpoint is not a chat model")
+        from jinja2.exceptions import TemplateError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message):
+            raise TemplateError(message)
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = raise_exception
+        try:
+            return env.from_string(self.chat_template).render(
+                messages=list(messages), add_generation_prompt=add_generation_prompt,
+                bos_token=self.roles["bos"], eos_token=self.roles["eos"],
+            )
+        except TemplateError as error:
+            raise DataError(f"chat_template: {error}") from None
+
+    def chat_turns(self, messages):
+        """`(prompt, response)` text pairs of a conversation, one per assistant turn.
+
+        Each prompt is the conversation rendered up to that turn with the generation prompt;
+        its response is what the full rendering adds for the assistant's message, so the
+        concatenation of the pairs is the whole rendered conversation and the loss can cover
+        assistant turns only (SFT).
+        """
+        pairs, done = [], ""
+        for index, message in enumerate(messages):
+            if message.get("role") != "assistant":
+                continue
+            prompt = self.apply_chat_template(messages[:index], add_generation_prompt=True)
+            full = self.apply_chat_template(messages[: index + 1])
+            if not prompt.startswith(done) or not full.startswith(prompt):
+                raise DataError("chat_template: a turn's rendering does not extend the conversation's; cannot mask it")
+            pairs.append((prompt[len(done):], full[len(prompt):]))
+            done = full
+        return pairs
 
     # --- graph side ----------------------------------------------------------------------
     @property
@@ -260,7 +313,8 @@ def _token_text(value):
 
 
 def _roles_from_configs(directory):
-    roles = {}
+    """`(roles, chat_template)` from `tokenizer_config.json` (empty and `None` without one)."""
+    roles, template = {}, None
     config_path = directory / "tokenizer_config.json"
     if config_path.is_file():
         try:
@@ -270,7 +324,10 @@ def _roles_from_configs(directory):
         for role in _ROLE_NAMES:
             if config.get(f"{role}_token"):
                 roles[role] = _token_text(config[f"{role}_token"])
-    return roles
+        template = config.get("chat_template")
+        if isinstance(template, list):  # several named templates: the default one
+            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    return roles, template
 
 
 def _byte_level_json(vocab_path, merges_path):
