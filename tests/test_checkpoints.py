@@ -125,6 +125,7 @@ def test_gpt2_import_uses_tanh_gelu_and_exact_gelu_would_show(tmp_path):
     assert np.abs(np.asarray(exact(x)) - np.asarray(model(x))).max() > 5e-4
 
 
+@pytest.mark.slow  # 13-35 s each: two compiled decoding loops
 @pytest.mark.parametrize("kind", ["gpt2", "llama3", "qwen3"])
 def test_greedy_generation_matches_keras_hub(kind, tmp_path):
     from kerasllm.generation import Generator

@@ -32,6 +32,23 @@ def load_pretrained(source, block_size=None):
 
     Raises:
         DataError / ConfigError: one line naming the file or key at fault.
+
+    Examples:
+
+    >>> import tempfile, numpy as np
+    >>> from kerasllm.checkpoints.writer import save_hf
+    >>> from kerasllm.models import GPT
+    >>> from kerasllm.tokenizers import ByteTokenizer
+    >>> tokenizer = ByteTokenizer()
+    >>> model = GPT(vocab_size=tokenizer.vocabulary_size, block_size=16, n_layer=1, n_head=2, n_embd=16,
+    ...             mlp_activation="gelu_tanh")
+    >>> folder = save_hf(model, tokenizer, tempfile.mkdtemp())
+    >>> config, loaded_tokenizer, loaded = load_pretrained(folder)
+    >>> config.model.n_embd, loaded_tokenizer.encode("hi").tolist() == tokenizer.encode("hi").tolist()
+    (16, True)
+    >>> x = np.array([[5, 6, 7]])
+    >>> bool(np.allclose(loaded(x), model(x), atol=1e-6))
+    True
     """
     from kerasllm.checkpoints.safetensors_io import SafetensorsCheckpoint
     from kerasllm.config import Config

@@ -263,7 +263,9 @@ def load_weights(model, layout, checkpoint):
         if slot.path == "position_embedding/embeddings" and arrays[0].shape[0] > variable.shape[0]:
             arrays[0] = arrays[0][: variable.shape[0]]  # a shorter context: crop the table
         value = _checked(slot, arrays, variable, checkpoint)
-        variable.assign(value.astype(variable.dtype))
+        del arrays
+        variable.assign(value.astype(variable.dtype, copy=False))
+        del value  # one tensor at a time: peak memory stays near the model's own size
     if variables:
         raise DataError(f"{checkpoint.directory}: no tensor maps to {', '.join(variables)}")
     if model.tie_embeddings:
@@ -292,11 +294,13 @@ def _checked(slot, arrays, variable, checkpoint):
 
 def hf_tensors(model, layout):
     """`{hf key: numpy array}` of a `GPT` in a layout, with zero biases where it has none."""
+    if not model.built:
+        model.build((None, model.block_size))
     variables = model_variables(model)
     prefix = "" if layout == "gpt2" else "model."
     tensors = {}
     for slot in weight_slots(model, layout):
-        variable = variables.get(slot.path)
+        variable = variables.pop(slot.path, None)
         if variable is None:
             if slot.path.endswith(("/beta", "/bias")) and layout == "gpt2":
                 width = _gpt2_bias_width(model, slot.path)
@@ -304,6 +308,8 @@ def hf_tensors(model, layout):
             continue
         for key, array in zip(slot.keys, slot.to_hf(np.asarray(variable.numpy(), np.float32))):
             tensors[key if key == "lm_head.weight" else prefix + key] = np.ascontiguousarray(array)
+    if variables:  # e.g. LoRA adapters: merge them first
+        raise ConfigError(f"model variables {', '.join(sorted(variables))} have no place in a {layout} checkpoint")
     return tensors
 
 

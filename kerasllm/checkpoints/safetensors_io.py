@@ -1,8 +1,10 @@
 """Reading and writing `.safetensors` checkpoints tensor by tensor, with numpy only.
 
-`safetensors.numpy` reads float32/float16 tensors through a memory map; numpy has no
-bfloat16, so those are read as raw bytes (uint16) and widened to float32 (bfloat16 is the top
+The format is an 8-byte header length, a JSON header (dtype, shape and byte range of every
+tensor) and the raw little-endian data. Each tensor is read on its own with `np.fromfile`;
+numpy has no bfloat16, so those are read as uint16 and widened to float32 (bfloat16 is the top
 half of a float32). One tensor is in memory at a time, besides the model's own variables.
+Files written here are read back by keras-hub (through `safetensors.safe_open`) in the tests.
 """
 
 import json
@@ -121,19 +123,21 @@ class SafetensorsCheckpoint:
         return self._headers[path][0][self._short[key]]
 
     def get(self, key):
-        """Tensor `key` as a numpy array (bfloat16 widened to float32)."""
+        """Tensor `key` as a numpy array (bfloat16 widened to float32).
+
+        Read with one `np.fromfile` at the tensor's offset rather than through a memory map, so
+        the file's pages do not add to the process's resident memory while the model fills.
+        """
         if key not in self._short:
             raise DataError(f"{self.directory}: tensor {key} is missing from the checkpoint")
-        path, full = self.file_of(key), self._short[key]
+        path = self.file_of(key)
         entry = self._entry(key)
-        if entry["dtype"] == "BF16":
-            start, end = entry["data_offsets"]
-            raw = np.fromfile(path, dtype="<u2", count=(end - start) // 2, offset=self._headers[path][1] + start)
-            return (raw.astype(np.uint32) << 16).view(np.float32).reshape(entry["shape"])
-        from safetensors import safe_open
-
-        with safe_open(path, framework="np") as f:
-            return f.get_tensor(full)
+        start, end = entry["data_offsets"]
+        dtype = np.dtype(_DTYPES[entry["dtype"]]).newbyteorder("<")
+        raw = np.fromfile(path, dtype=dtype, count=(end - start) // dtype.itemsize, offset=self._headers[path][1] + start)
+        if entry["dtype"] == "BF16":  # bfloat16 is the top half of a float32
+            raw = (raw.astype(np.uint32) << 16).view(np.float32)
+        return raw.reshape(entry["shape"])
 
 
 def to_bfloat16_bits(array):
