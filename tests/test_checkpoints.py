@@ -3,6 +3,7 @@ keras-hub presets, load into kerasllm's GPT with the same logits and greedy gene
 
 import json
 
+import keras
 import keras_hub
 import numpy as np
 import pytest
@@ -398,3 +399,21 @@ def test_chat_template_renders_and_splits_assistant_turns(tmp_path):
     assert load_tokenizer(tmp_path / "saved").apply_chat_template(messages) == full
     with pytest.raises(DataError, match="no chat_template"):
         PretrainedTokenizer(tokenizer_json(), roles={"eos": "<|endoftext|>"}).apply_chat_template(messages)
+
+
+def test_lora_and_a_classifier_run_on_an_imported_checkpoint(tmp_path):
+    from kerasllm.models.classifier import SequenceClassifier
+    from kerasllm.models.lora import apply_lora
+
+    write_hf("qwen3", tmp_path / "qwen3")
+    _, tokenizer, model = load_pretrained(tmp_path / "qwen3", block_size=32)
+    x = ids(time=16)
+    before = np.asarray(model(x))
+    assert len(apply_lora(model, rank=2)) == 4  # qkv and proj of both blocks
+    np.testing.assert_allclose(np.asarray(model(x)), before, atol=1e-6)  # B starts at zero
+    model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(x[:, :-1], x[:, 1:], epochs=3, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    classifier = SequenceClassifier(model, num_classes=2, labels=["neg", "pos"])
+    assert tuple(classifier(x).shape) == (2, 2)
