@@ -417,3 +417,35 @@ def test_lora_and_a_classifier_run_on_an_imported_checkpoint(tmp_path):
     assert history.history["loss"][-1] < history.history["loss"][0]
     classifier = SequenceClassifier(model, num_classes=2, labels=["neg", "pos"])
     assert tuple(classifier(x).shape) == (2, 2)
+
+
+def test_sharded_checkpoint_and_a_cropped_context(tmp_path):
+    hub = write_hf("gpt2", tmp_path / "one")
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    checkpoint = SafetensorsCheckpoint(tmp_path / "one")
+    keys = checkpoint.keys()
+    weight_map = {}
+    for index, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2:])):
+        name = f"model-{index + 1:05d}-of-00002.safetensors"
+        write_safetensors({k: checkpoint.get(k) for k in part}, sharded / name)
+        weight_map.update({k: name for k in part})
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (sharded / name).write_text((tmp_path / "one" / name).read_text())
+    config, _, model = load_pretrained(sharded, block_size=32)  # the checkpoint has 64 positions
+    assert tuple(model.position_embedding.position_embeddings.shape) == (32, 32)
+    x = ids(time=32)
+    np.testing.assert_allclose(np.asarray(model(x)), hub_logits(hub, x), atol=1e-4, rtol=1e-5)
+
+
+def test_export_cli_error_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "config.json").write_text("{}")
+    result = subprocess.run([sys.executable, "-m", "kerasllm.recipes.export", "--model", str(tmp_path), "--format", "hf"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path}: neither a Hugging Face checkpoint")
+    assert "Traceback" not in result.stderr

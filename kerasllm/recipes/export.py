@@ -72,7 +72,9 @@ def load_source(source):
     from kerasllm.checkpoints import is_pretrained_source, load_pretrained
     from kerasllm.training import load_run
 
-    return load_pretrained(source) if is_pretrained_source(source) else load_run(source)
+    if is_pretrained_source(source) or (Path(str(source)) / "config.json").is_file():
+        return load_pretrained(source)  # a config.json in neither format gets load_pretrained's error
+    return load_run(source)
 
 
 def export_checkpoint(source, output, fmt, overrides=()):
