@@ -139,6 +139,23 @@ class ModelConfig(_Section):
     norm_eps: float = _opt(1e-5, "epsilon of the normalization layers", bounds="> 0")
     rope_theta: float = _opt(10000.0, "RoPE base wavelength", bounds="> 0")
     hidden_size: int = _opt(0, "LSTM hidden units; 0: n_embd", bounds=">= 0")
+    # Options of published checkpoints (GPT-2, Llama, Mistral, Qwen); the defaults change nothing.
+    mlp_activation: str = _choice(
+        "auto", ["auto", "gelu", "gelu_tanh", "silu", "relu"],
+        "MLP activation (swiglu: of the gate); auto: exact gelu for mlp = gelu, silu for swiglu; "
+        "gelu_tanh is GPT-2's 'gelu_new'",
+    )
+    qkv_bias: bool = _opt(False, "biases on the query/key/value projection even when bias = false (Qwen2)")
+    head_dim: int = _opt(0, "attention head width; 0: n_embd // n_head (Qwen3 decouples them)", bounds=">= 0")
+    qk_norm: bool = _opt(False, "RMSNorm on each head's queries and keys before RoPE (Qwen3)")
+    rope_scaling: str = _choice(
+        "none", ["none", "linear", "llama3"],
+        "RoPE frequency scaling: linear divides positions by rope_factor; llama3 as Llama 3.1",
+    )
+    rope_factor: float = _opt(1.0, "rope_scaling factor", bounds="> 0")
+    rope_low_freq_factor: float = _opt(1.0, "rope_scaling = llama3: low_freq_factor")
+    rope_high_freq_factor: float = _opt(4.0, "rope_scaling = llama3: high_freq_factor")
+    rope_original_context: int = _opt(8192, "rope_scaling = llama3: original_max_position_embeddings", bounds=">= 1")
 
 
 @dataclass
@@ -369,8 +386,9 @@ def _rule(*keys):
 
 @_rule("model.n_embd", "model.n_head", "model.arch")
 def _heads_split_the_width(model):
-    if model.arch == "gpt" and model.n_embd % model.n_head:
-        return f"model.n_embd = {model.n_embd} must be divisible by model.n_head = {model.n_head}"
+    if model.arch == "gpt" and not model.head_dim and model.n_embd % model.n_head:
+        return (f"model.n_embd = {model.n_embd} must be divisible by model.n_head = {model.n_head} "
+                "(or set model.head_dim)")
 
 
 @_rule("model.n_head", "model.n_kv_head", "model.arch")
@@ -379,17 +397,18 @@ def _kv_heads_group_the_heads(model):
         return f"model.n_head = {model.n_head} must be a multiple of model.n_kv_head = {model.n_kv_head}"
 
 
-@_rule("model.positions", "model.n_embd", "model.n_head", "model.arch")
+@_rule("model.positions", "model.n_embd", "model.n_head", "model.head_dim", "model.arch")
 def _rope_needs_even_heads(model):
-    head_size = model.n_embd // model.n_head
+    head_size = model.head_dim or model.n_embd // model.n_head
     if model.arch == "gpt" and model.positions == "rope" and head_size % 2:
-        return (f"model.positions = 'rope' needs an even head size (model.n_embd / model.n_head), "
-                f"got {model.n_embd} / {model.n_head} = {head_size}")
+        source = "model.head_dim" if model.head_dim else f"model.n_embd / model.n_head = {model.n_embd} / {model.n_head}"
+        return f"model.positions = 'rope' needs an even head size, got {head_size} ({source})"
 
 
 # GPT features an LSTM would silently ignore. Plain sizes (n_head, bias, norm_eps, ...) are left
 # out: a GPT recipe run with `--set model.arch=lstm` keeps them, harmlessly.
-GPT_FEATURES = ("n_kv_head", "mlp_hidden", "positions", "norm", "mlp")
+GPT_FEATURES = ("n_kv_head", "mlp_hidden", "positions", "norm", "mlp", "qkv_bias", "head_dim", "qk_norm",
+                "rope_scaling")
 
 
 def _gpt_feature_rule(key):

@@ -130,3 +130,87 @@ def test_every_option_combination(positions, norm, mlp):
         assert config_round_trip.get_config() == model.get_config()
         if dropout:
             assert not np.allclose(np.asarray(model(x, training=True)), full)
+
+
+# --- options of published checkpoints (issue 17) ---------------------------------------------
+REFERENCE = dict(
+    gpt2=ModelConfig(n_layer=1, n_head=2, n_embd=8, block_size=6),
+    llama=ModelConfig(n_layer=1, n_head=4, n_kv_head=2, n_embd=8, block_size=6, positions="rope",
+                      norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False, mlp_hidden=12),
+)
+
+
+@pytest.mark.parametrize("name", list(REFERENCE))
+def test_defaults_of_the_checkpoint_options_keep_the_logits_bit_identical(name):
+    # tests/data/gpt_reference.npz: weights and logits saved by the GPT before these options.
+    import pathlib
+
+    saved = np.load(pathlib.Path(__file__).parent / "data" / "gpt_reference.npz")
+    model = build_model(REFERENCE[name], vocab_size=11)
+    keys = sorted((k for k in saved.files if k.startswith(f"{name}/w")), key=lambda k: int(k.split("/")[1][1:]))
+    assert [k.split("/", 3)[3] for k in keys] == [w.path.split("/", 1)[1] for w in model.weights]
+    for key, weight in zip(keys, model.weights):
+        weight.assign(saved[key])
+    np.testing.assert_array_equal(np.asarray(model(saved["tokens"])), saved[f"{name}/logits"])
+
+
+QWEN3_LIKE = ModelConfig(
+    n_layer=2, n_head=4, n_kv_head=2, n_embd=16, head_dim=6, block_size=12, positions="rope",
+    norm="rmsnorm", mlp="swiglu", bias=False, qkv_bias=True, qk_norm=True, tie_embeddings=False,
+    rope_scaling="llama3", rope_factor=8.0, rope_original_context=8, mlp_activation="silu",
+)
+
+
+def test_checkpoint_options_round_trip_through_keras_save(tmp_path):
+    model = build_model(QWEN3_LIKE, vocab_size=VOCAB)
+    assert model.get_layer("block_0").attn.qkv.kernel.shape == (16, (4 + 2 * 2) * 6)
+    assert model.get_layer("block_0").attn.qkv.bias is not None
+    assert model.get_layer("block_0").attn.proj.bias is None
+    x = np.random.default_rng(1).integers(0, VOCAB, (2, 12)).astype("int32")
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
+    assert GPT.from_config(model.get_config()).get_config() == model.get_config()
+
+
+def test_checkpoint_options_cached_decoding_matches_the_full_pass():
+    model = build_model(QWEN3_LIKE, vocab_size=VOCAB)
+    x = np.random.default_rng(2).integers(0, VOCAB, (2, 10)).astype("int32")
+    full = np.asarray(model(x))
+    cache = model.init_cache(2, 12)
+    logits, cache = model.call_with_cache(x[:, :6], cache, 0)
+    steps = [np.asarray(logits)]
+    for t in range(6, 10):
+        logits, cache = model.call_with_cache(x[:, t : t + 1], cache, t)
+        steps.append(np.asarray(logits))
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+
+
+def test_llama3_rope_scaling_matches_keras_hub():
+    from keras_hub.src.models.llama.llama_rotary_embedding import LlamaRotaryEmbedding
+
+    from kerasllm.layers.rotary import make_rotary
+
+    x = np.random.default_rng(3).normal(size=(1, 40, 2, 16)).astype("float32")
+    ours = make_rotary(500000.0, {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                  "high_freq_factor": 4.0, "original_context": 32})
+    theirs = LlamaRotaryEmbedding(max_wavelength=500000.0, frequency_adjustment_factor=8.0, low_freq_factor=1.0,
+                                  high_freq_factor=4.0, pretraining_sequence_length=32)
+    np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(theirs(x)), atol=1e-5)
+    plain = make_rotary(500000.0)
+    assert np.abs(np.asarray(plain(x)) - np.asarray(ours(x))).max() > 1e-2
+
+
+def test_gelu_tanh_is_the_approximation_and_differs_from_exact_gelu():
+    from kerasllm.layers import MLP
+
+    x = np.random.default_rng(4).normal(size=(1, 3, 8)).astype("float32") * 10
+    exact, tanh = MLP(16, activation="gelu"), MLP(16, activation="gelu_tanh")
+    exact.build(x.shape)
+    tanh.build(x.shape)
+    for a, b in zip(exact.weights, tanh.weights):
+        b.assign(a)
+    h = np.asarray(exact.fc(x))
+    expected = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
+    np.testing.assert_allclose(np.asarray(tanh(x)), np.asarray(tanh.proj(expected)), rtol=1e-5, atol=1e-5)
+    assert np.abs(np.asarray(tanh(x)) - np.asarray(exact(x))).max() > 1e-4

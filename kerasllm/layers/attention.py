@@ -2,7 +2,7 @@
 
 import keras
 from keras import ops
-from keras_hub.layers import RotaryEmbedding
+from kerasllm.layers.rotary import make_rotary
 from kerasllm.layers.utils import clone_initializer
 
 
@@ -26,6 +26,11 @@ class CausalSelfAttention(keras.layers.Layer):
         kernel_initializer: initializer of the QKV kernel.
         output_initializer: initializer of the output projection kernel (GPT-2 scales it by
             `1/sqrt(2 * n_layer)`).
+        head_dim: width of each head; `None` means `n_embd // n_head` (Qwen3 sets it apart).
+        qkv_bias: biases on the QKV projection even when `use_bias` is false (Qwen2).
+        qk_norm: RMSNorm over each head's queries and keys before RoPE (Qwen3).
+        norm_eps: epsilon of the q/k RMSNorm.
+        rope_scaling: `None` or a dict for `kerasllm.layers.rotary.make_rotary` (linear, llama3).
 
     Call arguments:
         x: `(batch, time, n_embd)` float tensor.
@@ -56,6 +61,11 @@ class CausalSelfAttention(keras.layers.Layer):
         rope_theta=10000.0,
         kernel_initializer="glorot_uniform",
         output_initializer="glorot_uniform",
+        head_dim=None,
+        qkv_bias=False,
+        qk_norm=False,
+        norm_eps=1e-6,
+        rope_scaling=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -69,15 +79,21 @@ class CausalSelfAttention(keras.layers.Layer):
         self.rope_theta = rope_theta
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.output_initializer = keras.initializers.get(output_initializer)
+        self.head_dim = head_dim
+        self.qkv_bias = qkv_bias
+        self.qk_norm = qk_norm
+        self.norm_eps = norm_eps
+        self.rope_scaling = dict(rope_scaling) if rope_scaling else None
 
     def build(self, input_shape):
         n_embd = input_shape[-1]
-        if n_embd % self.n_head:
-            raise ValueError(f"n_embd={n_embd} must be divisible by n_head={self.n_head}")
-        self.head_dim = n_embd // self.n_head
+        if not self.head_dim:
+            if n_embd % self.n_head:
+                raise ValueError(f"n_embd={n_embd} must be divisible by n_head={self.n_head}")
+            self.head_dim = n_embd // self.n_head
         self.qkv = keras.layers.Dense(
             (self.n_head + 2 * self.n_kv_head) * self.head_dim,
-            use_bias=self.use_bias,
+            use_bias=self.use_bias or self.qkv_bias,
             kernel_initializer=clone_initializer(self.kernel_initializer),
             dtype=self.dtype_policy,
             name="qkv",
@@ -92,10 +108,15 @@ class CausalSelfAttention(keras.layers.Layer):
         )
         self.proj.build((*input_shape[:-1], self.n_head * self.head_dim))
         self.rotary = (
-            RotaryEmbedding(max_wavelength=self.rope_theta, dtype=self.dtype_policy, name="rotary")
-            if self.rope
-            else None
+            make_rotary(self.rope_theta, self.rope_scaling, dtype=self.dtype_policy) if self.rope else None
         )
+        self.q_norm = self.k_norm = None
+        if self.qk_norm:
+            head_shape = (*input_shape[:-1], self.n_head, self.head_dim)
+            self.q_norm = keras.layers.RMSNormalization(epsilon=self.norm_eps, dtype=self.dtype_policy, name="q_norm")
+            self.k_norm = keras.layers.RMSNormalization(epsilon=self.norm_eps, dtype=self.dtype_policy, name="k_norm")
+            self.q_norm.build(head_shape)
+            self.k_norm.build(head_shape)
         self.out_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
         self.built = True
 
@@ -125,7 +146,7 @@ class CausalSelfAttention(keras.layers.Layer):
         return y if cache is None else (y, cache)
 
     def project_qkv(self, x, start_index=0, positions=None):
-        """Queries, keys and values of `x`, with rotary embeddings applied when the layer has them.
+        """Queries, keys and values of `x`, with q/k norms and rotary embeddings applied when the layer has them.
 
         Args:
             x: `(batch, time, n_embd)` float tensor.
@@ -142,6 +163,8 @@ class CausalSelfAttention(keras.layers.Layer):
         q = ops.reshape(qkv[..., : H * D], (batch, time, H, D))  # (B, T, H, D)
         k = ops.reshape(qkv[..., H * D : (H + K) * D], (batch, time, K, D))  # (B, T, K, D)
         v = ops.reshape(qkv[..., (H + K) * D :], (batch, time, K, D))  # (B, T, K, D)
+        if self.q_norm is not None:  # Qwen3: RMSNorm per head, before RoPE
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.rotary is not None:
             q = self.rotary(q, start_index=start_index, positions=positions)
             k = self.rotary(k, start_index=start_index, positions=positions)
@@ -194,5 +217,10 @@ class CausalSelfAttention(keras.layers.Layer):
             rope_theta=self.rope_theta,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             output_initializer=keras.initializers.serialize(self.output_initializer),
+            head_dim=self.head_dim,
+            qkv_bias=self.qkv_bias,
+            qk_norm=self.qk_norm,
+            norm_eps=self.norm_eps,
+            rope_scaling=self.rope_scaling,
         )
         return config

@@ -5,6 +5,9 @@ from keras import ops
 from kerasllm.layers.utils import clone_initializer
 
 
+ACTIVATIONS = ("auto", "gelu", "gelu_tanh", "silu", "relu")
+
+
 def default_mlp_hidden(n_embd, kind):
     """Hidden width when `model.mlp_hidden = 0`: 4x for GELU; 2/3 of 4x rounded up to 64 for SwiGLU."""
     if kind == "swiglu":
@@ -19,6 +22,9 @@ class MLP(keras.layers.Layer):
     With `kind="swiglu"` the first Dense is fused: it computes gate and up projections in one
     matmul and the activation is `silu(gate) * up`.
 
+    `activation` picks the nonlinearity: "auto" (exact GELU, or SiLU for SwiGLU), "gelu",
+    "gelu_tanh" (the tanh approximation: GPT-2's "gelu_new"), "silu" or "relu".
+
     Args:
         hidden: hidden width.
         kind: "gelu" or "swiglu".
@@ -26,6 +32,7 @@ class MLP(keras.layers.Layer):
         use_bias: biases in both Dense layers.
         kernel_initializer: initializer of the input kernel.
         output_initializer: initializer of the output kernel.
+        activation: see above.
 
     Examples:
 
@@ -42,11 +49,15 @@ class MLP(keras.layers.Layer):
         use_bias=True,
         kernel_initializer="glorot_uniform",
         output_initializer="glorot_uniform",
+        activation="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
         if kind not in ("gelu", "swiglu"):
             raise ValueError(f"MLP kind must be 'gelu' or 'swiglu', got {kind!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"MLP activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+        self.activation = activation
         self.hidden = hidden
         self.kind = kind
         self.dropout = dropout
@@ -74,10 +85,18 @@ class MLP(keras.layers.Layer):
         h = self.fc(x)  # (B, T, hidden) or (B, T, 2 * hidden)
         if self.kind == "swiglu":
             gate, up = h[..., : self.hidden], h[..., self.hidden :]
-            h = ops.silu(gate) * up
+            h = self._activate(gate) * up
         else:
-            h = ops.gelu(h, approximate=False)
+            h = self._activate(h)
         return self.out_dropout(self.proj(h), training=training)  # (B, T, C)
+
+    def _activate(self, h):
+        name = self.activation
+        if name == "auto":
+            name = "silu" if self.kind == "swiglu" else "gelu"
+        if name in ("gelu", "gelu_tanh"):
+            return ops.gelu(h, approximate=name == "gelu_tanh")
+        return ops.silu(h) if name == "silu" else ops.relu(h)
 
     def get_config(self):
         config = super().get_config()
@@ -88,5 +107,6 @@ class MLP(keras.layers.Layer):
             use_bias=self.use_bias,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             output_initializer=keras.initializers.serialize(self.output_initializer),
+            activation=self.activation,
         )
         return config

@@ -25,6 +25,8 @@ class DecoderBlock(keras.layers.Layer):
         rope_theta: RoPE base wavelength.
         kernel_initializer: initializer of input projections.
         output_initializer: initializer of the projections that write to the residual stream.
+        mlp_activation: see `MLP`.
+        head_dim, qkv_bias, qk_norm, rope_scaling: see `CausalSelfAttention`.
 
     Call arguments:
         x: `(batch, time, n_embd)`.
@@ -52,6 +54,11 @@ class DecoderBlock(keras.layers.Layer):
         rope_theta=10000.0,
         kernel_initializer="glorot_uniform",
         output_initializer="glorot_uniform",
+        mlp_activation="auto",
+        head_dim=None,
+        qkv_bias=False,
+        qk_norm=False,
+        rope_scaling=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -67,6 +74,11 @@ class DecoderBlock(keras.layers.Layer):
         self.rope_theta = rope_theta
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.output_initializer = keras.initializers.get(output_initializer)
+        self.mlp_activation = mlp_activation
+        self.head_dim = head_dim
+        self.qkv_bias = qkv_bias
+        self.qk_norm = qk_norm
+        self.rope_scaling = dict(rope_scaling) if rope_scaling else None
 
     def build(self, input_shape):
         n_embd = input_shape[-1]
@@ -76,13 +88,16 @@ class DecoderBlock(keras.layers.Layer):
             self.n_head, self.n_kv_head, dropout=self.dropout, use_bias=self.use_bias,
             rope=self.rope, rope_theta=self.rope_theta,
             kernel_initializer=clone_initializer(self.kernel_initializer),
-            output_initializer=clone_initializer(self.output_initializer), dtype=policy, name="attn",
+            output_initializer=clone_initializer(self.output_initializer), head_dim=self.head_dim,
+            qkv_bias=self.qkv_bias, qk_norm=self.qk_norm, norm_eps=self.norm_eps,
+            rope_scaling=self.rope_scaling, dtype=policy, name="attn",
         )
         self.norm_2 = make_norm(self.norm_kind, self.norm_eps, self.use_bias, name="norm_2", dtype=policy)
         self.mlp = MLP(
             self.mlp_hidden or 4 * n_embd, kind=self.mlp_kind, dropout=self.dropout,
             use_bias=self.use_bias, kernel_initializer=clone_initializer(self.kernel_initializer),
-            output_initializer=clone_initializer(self.output_initializer), dtype=policy, name="mlp",
+            output_initializer=clone_initializer(self.output_initializer), activation=self.mlp_activation,
+            dtype=policy, name="mlp",
         )
         for layer in (self.norm_1, self.attn, self.norm_2, self.mlp):
             layer.build(input_shape)
@@ -113,5 +128,10 @@ class DecoderBlock(keras.layers.Layer):
             rope_theta=self.rope_theta,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             output_initializer=keras.initializers.serialize(self.output_initializer),
+            mlp_activation=self.mlp_activation,
+            head_dim=self.head_dim,
+            qkv_bias=self.qkv_bias,
+            qk_norm=self.qk_norm,
+            rope_scaling=self.rope_scaling,
         )
         return config

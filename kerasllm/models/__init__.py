@@ -60,7 +60,7 @@ def build_model(model_config, vocab_size=None, remat=False):
             n_embd=c.n_embd, n_kv_head=c.n_kv_head or None, mlp_hidden=c.mlp_hidden or None,
             mlp=c.mlp, norm=c.norm, norm_eps=c.norm_eps, positions=c.positions,
             rope_theta=c.rope_theta, dropout=c.dropout, bias=c.bias,
-            tie_embeddings=c.tie_embeddings,
+            tie_embeddings=c.tie_embeddings, **checkpoint_options(c),
         )
         if remat:
             rematerialize_blocks(model)
@@ -71,6 +71,30 @@ def build_model(model_config, vocab_size=None, remat=False):
         )
     model.build((None, c.block_size))
     return model
+
+
+def checkpoint_options(model_config):
+    """The `GPT` keyword arguments of the `ModelConfig` options published checkpoints need.
+
+    Examples:
+
+    >>> from kerasllm.config import ModelConfig
+    >>> checkpoint_options(ModelConfig(rope_scaling="linear", rope_factor=2.0))["rope_scaling"]
+    {'type': 'linear', 'factor': 2.0}
+    """
+    c = model_config
+    scaling = None
+    if c.rope_scaling == "linear":
+        scaling = {"type": "linear", "factor": c.rope_factor}
+    elif c.rope_scaling == "llama3":
+        scaling = {
+            "type": "llama3", "factor": c.rope_factor, "low_freq_factor": c.rope_low_freq_factor,
+            "high_freq_factor": c.rope_high_freq_factor, "original_context": c.rope_original_context,
+        }
+    return dict(
+        mlp_activation=c.mlp_activation, qkv_bias=c.qkv_bias, head_dim=c.head_dim or None,
+        qk_norm=c.qk_norm, rope_scaling=scaling,
+    )
 
 
 def check_remat(model_config):

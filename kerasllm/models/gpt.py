@@ -34,6 +34,13 @@ class GPT(keras.Model):
         dropout: dropout on embeddings and residual branches.
         bias: biases in Dense and LayerNorm layers.
         tie_embeddings: the output head reuses the token embedding matrix.
+        mlp_activation: "auto" (exact GELU; SiLU for SwiGLU), "gelu", "gelu_tanh" (GPT-2's),
+            "silu" or "relu".
+        qkv_bias: biases on the QKV projection even when `bias` is false (Qwen2).
+        head_dim: width of each attention head; `None` or 0 means `n_embd // n_head`.
+        qk_norm: RMSNorm on each head's queries and keys (Qwen3).
+        rope_scaling: `None` or a dict: `{"type": "linear", "factor": f}` or `{"type": "llama3",
+            "factor", "low_freq_factor", "high_freq_factor", "original_context"}`.
 
     Call arguments:
         token_ids: int tensor `(batch, time)` with `time <= block_size`, or a dict with
@@ -71,6 +78,11 @@ class GPT(keras.Model):
         dropout=0.0,
         bias=True,
         tie_embeddings=True,
+        mlp_activation="auto",
+        qkv_bias=False,
+        head_dim=None,
+        qk_norm=False,
+        rope_scaling=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -91,6 +103,11 @@ class GPT(keras.Model):
         self.dropout = dropout
         self.bias = bias
         self.tie_embeddings = tie_embeddings
+        self.mlp_activation = mlp_activation
+        self.qkv_bias = qkv_bias
+        self.head_dim = head_dim or n_embd // n_head
+        self.qk_norm = qk_norm
+        self.rope_scaling = dict(rope_scaling) if rope_scaling else None
 
         def normal(stddev):
             return {"class_name": "RandomNormal", "config": {"stddev": stddev}}
@@ -111,6 +128,8 @@ class GPT(keras.Model):
                 norm_eps=norm_eps, dropout=dropout, use_bias=bias, rope=positions == "rope",
                 rope_theta=rope_theta, kernel_initializer=normal(0.02),
                 output_initializer=normal(0.02 / math.sqrt(2 * n_layer)),
+                mlp_activation=mlp_activation, head_dim=self.head_dim, qkv_bias=qkv_bias,
+                qk_norm=qk_norm, rope_scaling=self.rope_scaling,
                 dtype=self.dtype_policy, name=f"block_{i}",
             )
             for i in range(n_layer)
@@ -186,8 +205,7 @@ class GPT(keras.Model):
         place inside the decoding loop; re-stacking copied the whole cache every step (2.5x
         slower per decode step at batch 8, benchmarks/RESULTS.md).
         """
-        head_dim = self.n_embd // self.n_head
-        shape = (batch_size, max_length, self.n_kv_head, head_dim)
+        shape = (batch_size, max_length, self.n_kv_head, self.head_dim)
         return tuple(
             (ops.zeros(shape, dtype=self.compute_dtype), ops.zeros(shape, dtype=self.compute_dtype))
             for _ in range(self.n_layer)
@@ -227,6 +245,11 @@ class GPT(keras.Model):
             dropout=self.dropout,
             bias=self.bias,
             tie_embeddings=self.tie_embeddings,
+            mlp_activation=self.mlp_activation,
+            qkv_bias=self.qkv_bias,
+            head_dim=self.head_dim,
+            qk_norm=self.qk_norm,
+            rope_scaling=self.rope_scaling,
         )
         return config
 

@@ -9,6 +9,7 @@
 | `wordpiece` | `WordPieceTokenizer` | keras-hub / tensorflow-text WordPiece |
 | `sentencepiece` | `SentencePieceTokenizer` | SentencePiece unigram or BPE |
 | `bpe` | `BPETokenizer` | GPT-2 style byte-level BPE (keras-hub BytePairTokenizer) |
+| `pretrained` | `PretrainedTokenizer` | a published checkpoint's own tokenizer (`tokenizer.json` / `tokenizer.model`) |
 """
 
 from kerasllm.tokenizers.base import (
@@ -22,6 +23,7 @@ from kerasllm.tokenizers.bpe import BPETokenizer
 from kerasllm.tokenizers.byte import ByteTokenizer
 from kerasllm.tokenizers.char import CharTokenizer
 from kerasllm.tokenizers.jieba import JiebaTokenizer
+from kerasllm.tokenizers.pretrained import PretrainedTokenizer
 from kerasllm.tokenizers.sentencepiece import SentencePieceTokenizer
 from kerasllm.tokenizers.word import WordTokenizer
 from kerasllm.tokenizers.wordpiece import WordPieceTokenizer
@@ -31,6 +33,7 @@ __all__ = [
     "ByteTokenizer",
     "CharTokenizer",
     "JiebaTokenizer",
+    "PretrainedTokenizer",
     "SentencePieceTokenizer",
     "Tokenizer",
     "WordPieceTokenizer",
