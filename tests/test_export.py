@@ -133,7 +133,7 @@ def test_context_limits_and_bad_inputs(char_tokenizer):
     bad = [
         (lambda: server.generate(tf.constant(["to"]), -1, 0.0, 0, 1.0, 0), "max_new_tokens must be >= 0"),
         (lambda: server.generate(tf.constant(["to"]), 3, -1.0, 0, 1.0, 0), "temperature must be >= 0"),
-        (lambda: server.generate(tf.constant(["to"]), 3, float("nan"), 0, 1.0, 0), "temperature must be a finite"),
+        (lambda: server.generate(tf.constant(["to"]), 3, float("nan"), 0, 1.0, 0), "temperature must be >= 0 and finite"),
         (lambda: server.generate(tf.constant(["to"]), 3, 1.0, -3, 1.0, 0), "top_k must be >= 0"),
         (lambda: server.generate(tf.constant(["to"]), 3, 1.0, 0, 0.0, 0), "top_p must be in (0, 1]"),
         (lambda: server.generate(tf.constant(["to"]), 3, 1.0, 0, 1.5, 0), "top_p must be in (0, 1]"),

@@ -155,9 +155,9 @@ class LanguageModelServer(tf.Module):
         model, tokenizer = self._keras.model, self._keras.tokenizer
         checks = [
             tf.debugging.assert_non_negative(max_new_tokens, message="generate: max_new_tokens must be >= 0"),
-            tf.debugging.assert_non_negative(temperature, message="generate: temperature must be >= 0"),
+            tf.debugging.assert_non_negative(temperature, message="generate: temperature must be >= 0 and finite"),
             tf.debugging.assert_equal(tf.math.is_finite(temperature), True,
-                                      message="generate: temperature must be a finite number"),
+                                      message="generate: temperature must be >= 0 and finite"),
             tf.debugging.assert_non_negative(top_k, message="generate: top_k must be >= 0 (0: off)"),
             tf.debugging.assert_positive(top_p, message="generate: top_p must be in (0, 1]"),
             tf.debugging.assert_less_equal(top_p, 1.0, message="generate: top_p must be in (0, 1]"),
