@@ -387,8 +387,7 @@ def _rule(*keys):
 @_rule("model.n_embd", "model.n_head", "model.arch")
 def _heads_split_the_width(model):
     if model.arch == "gpt" and not model.head_dim and model.n_embd % model.n_head:
-        return (f"model.n_embd = {model.n_embd} must be divisible by model.n_head = {model.n_head} "
-                "(or set model.head_dim)")
+        return f"model.n_embd = {model.n_embd} must be divisible by model.n_head = {model.n_head}"
 
 
 @_rule("model.n_head", "model.n_kv_head", "model.arch")

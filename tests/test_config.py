@@ -78,7 +78,7 @@ def test_from_dict_rejects_wrong_table():
     [
         (["model.n_head=3"], "model.n_head", ["model.n_embd = 128 must be divisible by model.n_head = 3"]),
         (["model.n_kv_head=3"], "model.n_kv_head", ["multiple of model.n_kv_head = 3"]),
-        (["model.n_embd=24", "model.n_head=8", "model.positions='rope'"], "model.positions", ["even head size", "= 3"]),
+        (["model.n_embd=24", "model.n_head=8", "model.positions='rope'"], "model.positions", ["even head size, got 3", "24 / 8"]),
         (["model.dropout=2"], "model.dropout", ["model.dropout = 2.0", "[0, 1)"]),
         (["finetune.head_dropout=2"], "finetune.head_dropout", ["finetune.head_dropout = 2.0", "[0, 1)"]),
         (["model.n_layer=0"], "model.n_layer", [">= 1"]),
