@@ -69,11 +69,8 @@ def build_server(run_dir, overrides=()):
 
 def load_source(source):
     """`(config, tokenizer, model)` of a run directory or a pretrained checkpoint source."""
-    from kerasllm.checkpoints import is_pretrained_source, load_pretrained
     from kerasllm.training import load_run
 
-    if is_pretrained_source(source) or (Path(str(source)) / "config.json").is_file():
-        return load_pretrained(source)  # a config.json in neither format gets load_pretrained's error
     return load_run(source)
 
 

@@ -46,6 +46,12 @@ def build_parser():
         help="delete the run in --output (checkpoints, logs, model) and start over",
     )
     parser.add_argument(
+        "--init-from", default=None, metavar="CHECKPOINT",
+        help="continue pretraining from a run directory, a Hugging Face or keras-hub folder, "
+        "hf://ORG/NAME or a preset name: its architecture, weights and tokenizer replace the "
+        "recipe's [model] and tokenizer",
+    )
+    parser.add_argument(
         "--overwrite", action="store_true",
         help="allow --output to hold another kind of run (e.g. a fine-tuned classifier); it is deleted first",
     )
@@ -66,7 +72,7 @@ def main(argv=None):
 
     print(f"kerasllm: recipe {config.name!r} -> {output}")
     started = time.perf_counter()
-    model, tokenizer, metrics = pretrain(config, output, restart=args.restart, overwrite=args.overwrite)
+    model, tokenizer, metrics = pretrain(config, output, restart=args.restart, overwrite=args.overwrite, init_from=args.init_from)
     print(
         f"\nval loss {metrics['val_loss']:.4f} (perplexity {metrics['val_perplexity']:.2f}, "
         f"{metrics['val_bits_per_token']:.3f} bits/token) after {metrics['steps']} steps; "

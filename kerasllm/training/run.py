@@ -96,7 +96,8 @@ def _restore_optimizer(model, saved, path):
         variable.assign(value)
 
 
-def pretrain(config, output_dir, restart=False, overwrite=False, log=print, verbose="auto", callbacks=()):
+def pretrain(config, output_dir, restart=False, overwrite=False, init_from=None, log=print, verbose="auto",
+             callbacks=()):
     """Trains a language model as `config` says and writes a run directory.
 
     Args:
@@ -105,6 +106,10 @@ def pretrain(config, output_dir, restart=False, overwrite=False, log=print, verb
             Under multi-worker training, workers other than the chief write into
             `output_dir/worker-<index>`.
         restart: delete the run in `output_dir` (checkpoints, logs, model) and start over.
+        init_from: continue pretraining from a checkpoint (a run directory, a Hugging Face or
+            keras-hub folder, `hf://ORG/NAME`, a preset name): its architecture, weights and
+            tokenizer replace `[model]` and the tokenizer; the rest of `config` applies. A run
+            that resumes from its own checkpoint ignores it.
         overwrite: allow `output_dir` to hold another kind of run (e.g. a classifier), which is
             deleted first.
         log: function printing progress lines.
@@ -123,13 +128,20 @@ def pretrain(config, output_dir, restart=False, overwrite=False, log=print, verb
     config = _resolve(config)
     placement = _early_placement(config, log)  # a multi-worker strategy must exist before any TF op
     with _open_run(output_dir, placement, replace=restart or overwrite) as run:
+        source = _init_source(init_from, log)
+        config = _adopt(config, source)
         resume = None if restart else _find_resume(run, config, log)
-        data = prepare_data(config, tokenizer=resume and resume["tokenizer"], log=log)
+        tokenizer = resume["tokenizer"] if resume else source and source[1]
+        data = prepare_data(config, tokenizer=tokenizer, log=log)
         config = _with_vocabulary(config, data.tokenizer)
         placement, policy, model = _setup(config, placement, log)
         if resume:
             _restore_into(model, resume["path"], policy, placement)
             log(f"resuming from {resume['path']} at step {resume['info']['step']} (batch {resume['info']['batches']})")
+        elif source:
+            with placement.scope():
+                model.set_weights(source[2].get_weights())
+            _start(run, config, data)
         else:
             _start(run, config, data)
         state = _run_state(config, resume)
@@ -152,6 +164,25 @@ def _resolve(config):
     """A validated copy of `config` (every rule, before any data is read): the run never
     changes the caller's object."""
     return copy.deepcopy(config).validate()
+
+
+def _init_source(init_from, log):
+    """`(config, tokenizer, model)` of the `init_from` checkpoint, or None."""
+    if init_from is None:
+        return None
+    source = load_run(init_from)
+    log(f"init from {init_from}: {source[2].count_params():,} parameters, {source[1].kind} tokenizer")
+    return source
+
+
+def _adopt(config, source):
+    """`config` with the architecture and tokenizer of `source` (the rest of `config` stays)."""
+    if source is None:
+        return config
+    source_config, tokenizer, _ = source
+    model = dataclasses.replace(source_config.model, vocab_size=tokenizer.vocabulary_size)
+    data = dataclasses.replace(config.data, tokenizer=tokenizer.kind, vocab_size=tokenizer.vocabulary_size)
+    return dataclasses.replace(config, model=model, data=data).validate()
 
 
 def _early_placement(config, log):

@@ -327,21 +327,27 @@ class RunDir:
 
 
 def load_run(run_dir):
-    """Loads `(config, tokenizer, model)` from a run directory written by kerasllm.
+    """Loads `(config, tokenizer, model)` from a run directory written by kerasllm, or from a
+    published checkpoint (a Hugging Face or keras-hub folder, `hf://ORG/NAME`, a preset name;
+    see `kerasllm.checkpoints.load_pretrained`).
 
-    The final `model.keras` is used, or else the newest intact checkpoint.
+    A run's final `model.keras` is used, or else its newest intact checkpoint.
 
     Raises:
         RunError: not a run directory, or its files are missing or damaged (named).
     """
+    from kerasllm.checkpoints import is_pretrained_source, load_pretrained
     from kerasllm.config import load_config
     from kerasllm.tokenizers import load_tokenizer
 
     run = RunDir(run_dir)
+    if not run.exists() and (is_pretrained_source(run_dir) or (run.path / "config.json").is_file()):
+        return load_pretrained(run_dir)  # a config.json in neither format gets its error there
     if not run.path.is_dir():
-        raise RunError(f"{run.path}: no such run directory")
+        raise RunError(f"{run.path}: no such run directory (nor a Hugging Face / keras-hub checkpoint)")
     if not run.exists():
-        raise RunError(f"{run.path}: not a kerasllm run directory (no {run.config_path.name})")
+        raise RunError(f"{run.path}: not a kerasllm run directory (no {run.config_path.name}) nor a Hugging Face "
+                       "or keras-hub checkpoint (no config.json)")
     config = load_config(str(run.config_path))
     tokenizer = load_tokenizer(run.tokenizer_dir)
     model_path = run.model_path
