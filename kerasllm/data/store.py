@@ -104,6 +104,7 @@ def remove_temporary_files(directory):
 def store_lock(directory):
     """Holds an exclusive lock on the store folder: a second preparer waits, then finds the
     store complete. Without `fcntl` (Windows) the atomic renames alone keep files whole."""
+    # (lockf needs a file opened for writing: "a+")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / LOCK_FILE, "a+") as handle:
@@ -112,11 +113,13 @@ def store_lock(directory):
         except ImportError:  # pragma: no cover - Windows
             yield
             return
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        # A POSIX record lock, not flock: it belongs to this process alone, so forked workers
+        # do not inherit it and it is released the moment this process dies (kill -9).
+        fcntl.lockf(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.lockf(handle, fcntl.LOCK_UN)
 
 
 def write_index(directory, dtype, vocabulary_size, fingerprint, records, sources, extra=None):
