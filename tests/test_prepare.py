@@ -122,3 +122,20 @@ def test_a_killed_preparation_resumes_to_a_byte_identical_store(tmp_path):
         if kill_after:
             assert "prepare: resumed" in again.stdout, again.stdout
         assert store_files(next((cache / "stores").iterdir())) == store_files(ref_store)
+
+
+def test_sentencepiece_with_more_characters_than_vocabulary_falls_back_to_bytes():
+    from kerasllm.errors import DataError
+    from kerasllm.tokenizers import SentencePieceTokenizer
+
+    rng = np.random.default_rng(0)
+    chars = np.array([chr(0x4E00 + i) for i in range(1500)])
+    weights = 1.0 / np.arange(1, 1501) ** 1.3  # Zipf-like, as characters in a novel
+    text = "".join(rng.choice(chars, size=60000, p=weights / weights.sum()))
+    lines = [text[i : i + 60] + "\n" for i in range(0, len(text), 60)]
+    assert len(set(text)) > 1000
+    tok = SentencePieceTokenizer.train(lines, vocab_size=1200)  # 939 characters fit of 1,400+
+    rare = "".join(sorted(set(text), key=text.count)[:3])
+    assert tok.decode(tok.encode(lines[0] + rare)) == lines[0] + rare  # rare characters as bytes
+    with pytest.raises(DataError, match=r"data.vocab_size = 300 cannot hold .* the smallest vocab_size that works is \d+"):
+        SentencePieceTokenizer.train(lines, vocab_size=300)

@@ -45,7 +45,7 @@ from kerasllm.data.store import (
 )
 from kerasllm.errors import DataError
 from kerasllm.tokenizers import CharTokenizer, get_tokenizer_class, load_tokenizer
-from kerasllm.tokenizers.base import DEFAULT_SPECIAL_TOKENS
+from kerasllm.tokenizers.base import DEFAULT_SPECIAL_TOKENS, count_codepoints
 
 STORE_TOKENIZER_DIR = "tokenizer"
 
@@ -142,16 +142,6 @@ def sample_texts(pieces, budget_chars, seed):
     return [text for _, _, text in sorted(heap, key=lambda item: item[1])]
 
 
-def count_characters(pieces):
-    """Occurrences of every codepoint in one streaming pass (an array of 0x110000 counts)."""
-    counts = np.zeros(0x110000, np.int64)
-    for piece in pieces:
-        if piece.text:
-            codepoints = np.frombuffer(piece.text.encode("utf-32-le"), np.uint32)
-            counts += np.bincount(codepoints, minlength=0x110000)
-    return counts
-
-
 def char_tokenizer_from_counts(counts, vocab_size, specials):
     """The `CharTokenizer` that `CharTokenizer.train` builds from text with these counts."""
     seen = np.flatnonzero(counts)
@@ -168,7 +158,7 @@ def train_tokenizer(data, log=print):
     kind = data.tokenizer
     cls = get_tokenizer_class(kind)
     if kind == "char":
-        return char_tokenizer_from_counts(count_characters(corpus_pieces(data)), data.vocab_size, options["special_tokens"])
+        return char_tokenizer_from_counts(count_codepoints(p.text for p in corpus_pieces(data)), data.vocab_size, options["special_tokens"])
     if kind == "byte":
         return cls.train([], **options)
     started = time.perf_counter()

@@ -333,3 +333,35 @@ def split_lines(texts):
     last = position == tf.repeat(lengths - 1, lengths)
     values = tf.where(last, lines.flat_values, tf.strings.join([lines.flat_values, "\n"]))
     return lines.with_flat_values(values)
+
+
+def count_codepoints(texts, chunk_chars=1 << 22):
+    """Occurrences of every Unicode codepoint in an iterable of strings, in one streaming pass.
+
+    Texts are joined into chunks of about `chunk_chars` characters, so millions of short texts
+    cost a few `np.bincount` calls, not millions.
+
+    Returns:
+        An int64 array of 0x110000 counts, indexed by codepoint.
+
+    Examples:
+
+    >>> counts = count_codepoints(["aab", "红"])
+    >>> int(counts[ord("a")]), int(counts[ord("红")]), int(counts.sum())
+    (2, 1, 4)
+    """
+    counts = np.zeros(0x110000, np.int64)
+    batch, size = [], 0
+    for text in texts:
+        batch.append(text)
+        size += len(text)
+        if size >= chunk_chars:
+            counts += _bincount("".join(batch))
+            batch, size = [], 0
+    if batch:
+        counts += _bincount("".join(batch))
+    return counts
+
+
+def _bincount(text):
+    return np.bincount(np.frombuffer(text.encode("utf-32-le"), np.uint32), minlength=0x110000)
