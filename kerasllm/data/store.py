@@ -50,9 +50,7 @@ def write_atomic(path, data):
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data if isinstance(data, (bytes, bytearray)) else memoryview(np.ascontiguousarray(data)))
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    tmp.replace(path)  # (no fsync: the rename protects against a killed process, not a power cut)
 
 
 def write_json_atomic(path, payload):

@@ -131,15 +131,18 @@ class Tokenizer:
             return self.tf_encode(tf.constant(text, tf.string)).numpy().astype(np.int32)
         if not any(name in text for name in self.special_tokens):
             return np.asarray(self._encode_text(text), dtype=np.int32)
-        parts, position = [], 0
-        for match in re.finditer(self._special_regex(), text):
-            if match.start() > position:
-                parts.append(np.asarray(self._encode_text(text[position : match.start()]), np.int32))
-            parts.append(np.array([self.token_to_id(match.group())], np.int32))
-            position = match.end()
-        if position < len(text):
-            parts.append(np.asarray(self._encode_text(text[position:]), np.int32))
-        return np.concatenate(parts)
+        # [plain, special, plain, ...]: the plain parts encoded in one call, the specials
+        # inserted between them.
+        parts = re.split(f"({self._special_regex()})", text)
+        ids, lengths = self._encode_joined(parts[0::2])
+        specials = [self.token_to_id(name) for name in parts[1::2]]
+        return np.insert(np.asarray(ids, np.int32), np.cumsum(lengths[:-1]), specials).astype(np.int32)
+
+    def _encode_joined(self, texts):
+        """`(ids of all texts, one after another; the id count of each)` for texts free of
+        special tokens. Kinds that encode position by position do it in one vectorized call."""
+        encoded = [np.asarray(self._encode_text(t), np.int32) if t else np.zeros([0], np.int32) for t in texts]
+        return np.concatenate(encoded), np.array([len(e) for e in encoded], np.int64)
 
     def encode_batch(self, texts):
         """Encodes a list of strings to a list of int32 arrays."""
