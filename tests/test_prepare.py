@@ -139,3 +139,27 @@ def test_sentencepiece_with_more_characters_than_vocabulary_falls_back_to_bytes(
     assert tok.decode(tok.encode(lines[0] + rare)) == lines[0] + rare  # rare characters as bytes
     with pytest.raises(DataError, match=r"data.vocab_size = 300 cannot hold .* the smallest vocab_size that works is \d+"):
         SentencePieceTokenizer.train(lines, vocab_size=300)
+
+
+@pytest.mark.slow
+def test_preparing_a_few_hundred_megabytes_stays_in_bounded_memory(tmp_path):
+    """The old in-memory path took ~20 bytes of RSS per byte of text (4 GB for 200 MB)."""
+    rng = np.random.default_rng(0)
+    words = np.array(["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "\n"])
+    chunk = " ".join(rng.choice(words, size=200_000))
+    size = 0
+    with open(tmp_path / "big.txt", "w", encoding="utf-8") as f:
+        while size < 200e6:
+            f.write(chunk)
+            size += len(chunk)
+    script = (
+        "import resource, sys; from kerasllm.recipes.prepare import main; "
+        "main(sys.argv[1:]); print('peak', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO_ROOT))
+    done = subprocess.run([sys.executable, "-c", script, "--data", str(tmp_path / "big.txt"), "--set",
+                           f'data.cache_dir="{tmp_path / "cache"}"', "--set", "data.num_proc=2"],
+                          env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    peak = int(done.stdout.split("peak ")[1])
+    assert peak < 1.5e9, f"peak RSS {peak / 1e9:.2f} GB preparing 200 MB"
