@@ -407,7 +407,7 @@ def prepare_lm_data(data, tokenizer=None, log=print):
     ids_from = "tokenized, cached" if built else "token cache"
     log(
         f"data: {data.dataset} - {store.documents} documents, {len(train_ids):,} train / "
-        f"{len(val_ids):,} val tokens ({ids_from}: {store.directory}), {tokenizer.kind} tokenizer with "
-        f"{tokenizer.vocabulary_size} ids ({how}), {time.perf_counter() - started:.1f} s"
+        f"{len(val_ids):,} val tokens ({ids_from}), {tokenizer.kind} tokenizer with "
+        f"{tokenizer.vocabulary_size} ids ({how}), {time.perf_counter() - started:.1f} s; store {store.directory}"
     )
     return PreparedData(tokenizer, train_ids, val_ids, store)
