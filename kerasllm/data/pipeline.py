@@ -123,6 +123,30 @@ def _window_starts(n_windows, stride, shuffle, repeat, seed, start_batch, batch_
     return epochs.flat_map(one_epoch).skip(skip)
 
 
+def _array_gather(ids, block_size):
+    """Windows from an in-memory array, held once as a constant in its compact dtype."""
+    tokens = tf.constant(ids)
+    offsets = tf.range(block_size + 1, dtype=tf.int64)
+
+    def gather(starts):
+        windows = tf.cast(tf.gather(tokens, starts[:, None] + offsets[None, :]), tf.int32)
+        return windows[:, :-1], windows[:, 1:]
+
+    return gather
+
+
+def _view_gather(view, block_size, batch_size):
+    """Windows read from the memory-mapped shards of a `TokenView`, one batch at a time."""
+    dtype = tf.as_dtype(view.dtype)
+
+    def gather(starts):
+        windows = tf.numpy_function(lambda s: view.windows(s, block_size + 1), [starts], dtype, stateful=False)
+        windows = tf.cast(tf.ensure_shape(windows, [batch_size, block_size + 1]), tf.int32)
+        return windows[:, :-1], windows[:, 1:]
+
+    return gather
+
+
 def lm_dataset(
     ids,
     block_size,
@@ -134,11 +158,14 @@ def lm_dataset(
     max_batches=None,
     name="train",
     start_batch=0,
+    num_shards=1,
+    shard_index=0,
 ):
     """A dataset of `(inputs, targets)` int32 batches of shape `(batch_size, block_size)`.
 
     Args:
-        ids: 1-D array of token ids (a numpy array or a read-only memmap from the token cache).
+        ids: 1-D token ids: a numpy array (held in memory) or a `kerasllm.data.store.TokenView`
+            of the token store (windows are read from its memory-mapped shards per batch).
         block_size: window length; each window is read from `block_size + 1` ids.
         batch_size: sequences per batch (incomplete last batches are dropped).
         stride: step between window starts; 0 means `block_size` (windows do not overlap).
@@ -150,6 +177,10 @@ def lm_dataset(
         start_batch: begin as if this many batches had been read already (resuming at a
             step): the following batches are exactly those of an uninterrupted pass, and
             getting there costs at most one epoch of integer offsets, not the batches.
+        num_shards, shard_index: under `multi_worker`, the worker count and this worker's
+            index. `batch_size` stays the global batch; each worker reads only its
+            `batch_size // num_shards` rows of every global batch (tf.data auto-sharding is
+            turned off), so together the workers see exactly the single-worker batches.
 
     Examples:
 
@@ -159,9 +190,11 @@ def lm_dataset(
     >>> x.shape, bool((x[:, 1:] == y[:, :-1]).numpy().all())
     (TensorShape([2, 8]), True)
     """
-    ids = np.asarray(ids)
-    if ids.dtype not in (np.uint16, np.uint32, np.int32):
-        ids = ids.astype(np.int32)
+    view = hasattr(ids, "windows")  # a TokenView over memory-mapped shards: never loaded whole
+    if not view:
+        ids = np.asarray(ids)
+        if ids.dtype not in (np.uint16, np.uint32, np.int32):
+            ids = ids.astype(np.int32)
     stride = stride or block_size
     count = (len(ids) - block_size - 1) // stride + 1 if len(ids) >= block_size + 1 else 0
     if count < batch_size:
@@ -170,15 +203,17 @@ def lm_dataset(
             f"than one batch of {batch_size}; use more data, a smaller model.block_size or "
             "train.batch_size, or change data.val_fraction"
         )
-    tokens = tf.constant(ids)  # the one in-memory copy, in the compact dtype
-    offsets = tf.range(block_size + 1, dtype=tf.int64)
-
-    def gather(starts):
-        windows = tf.cast(tf.gather(tokens, starts[:, None] + offsets[None, :]), tf.int32)
-        return windows[:, :-1], windows[:, 1:]
-
+    if batch_size % num_shards or not 0 <= shard_index < num_shards:
+        raise DataError(
+            f"batch size {batch_size} cannot be shared by {num_shards} workers (worker {shard_index}); "
+            "expected a multiple of the worker count"
+        )
+    rows = batch_size // num_shards
+    gather = _view_gather(ids, block_size, rows) if view else _array_gather(ids, block_size)
     dataset = _window_starts(count, stride, shuffle, repeat, seed, start_batch, batch_size)
     dataset = dataset.batch(batch_size, drop_remainder=True)
+    if num_shards > 1:  # this worker's rows of each global batch
+        dataset = dataset.map(lambda starts: starts[shard_index * rows : (shard_index + 1) * rows])
     # flat_map hides the length from tf.data; state it so Keras sees an endless / sized input.
     remaining = max(0, count - start_batch * batch_size) // batch_size
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(
@@ -187,7 +222,12 @@ def lm_dataset(
     if max_batches:
         dataset = dataset.take(max_batches)
     dataset = dataset.map(gather)
-    return _no_autotune(dataset.prefetch(2))
+    dataset = _no_autotune(dataset.prefetch(2))
+    if num_shards > 1:
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        dataset = dataset.with_options(options)
+    return dataset
 
 
 def pad_sequences(sequences, max_length, pad_id=0):

@@ -131,15 +131,18 @@ class Tokenizer:
             return self.tf_encode(tf.constant(text, tf.string)).numpy().astype(np.int32)
         if not any(name in text for name in self.special_tokens):
             return np.asarray(self._encode_text(text), dtype=np.int32)
-        parts, position = [], 0
-        for match in re.finditer(self._special_regex(), text):
-            if match.start() > position:
-                parts.append(np.asarray(self._encode_text(text[position : match.start()]), np.int32))
-            parts.append(np.array([self.token_to_id(match.group())], np.int32))
-            position = match.end()
-        if position < len(text):
-            parts.append(np.asarray(self._encode_text(text[position:]), np.int32))
-        return np.concatenate(parts)
+        # [plain, special, plain, ...]: the plain parts encoded in one call, the specials
+        # inserted between them.
+        parts = re.split(f"({self._special_regex()})", text)
+        ids, lengths = self._encode_joined(parts[0::2])
+        specials = [self.token_to_id(name) for name in parts[1::2]]
+        return np.insert(np.asarray(ids, np.int32), np.cumsum(lengths[:-1]), specials).astype(np.int32)
+
+    def _encode_joined(self, texts):
+        """`(ids of all texts, one after another; the id count of each)` for texts free of
+        special tokens. Kinds that encode position by position do it in one vectorized call."""
+        encoded = [np.asarray(self._encode_text(t), np.int32) if t else np.zeros([0], np.int32) for t in texts]
+        return np.concatenate(encoded), np.array([len(e) for e in encoded], np.int64)
 
     def encode_batch(self, texts):
         """Encodes a list of strings to a list of int32 arrays."""
@@ -333,3 +336,35 @@ def split_lines(texts):
     last = position == tf.repeat(lengths - 1, lengths)
     values = tf.where(last, lines.flat_values, tf.strings.join([lines.flat_values, "\n"]))
     return lines.with_flat_values(values)
+
+
+def count_codepoints(texts, chunk_chars=1 << 22):
+    """Occurrences of every Unicode codepoint in an iterable of strings, in one streaming pass.
+
+    Texts are joined into chunks of about `chunk_chars` characters, so millions of short texts
+    cost a few `np.bincount` calls, not millions.
+
+    Returns:
+        An int64 array of 0x110000 counts, indexed by codepoint.
+
+    Examples:
+
+    >>> counts = count_codepoints(["aab", "红"])
+    >>> int(counts[ord("a")]), int(counts[ord("红")]), int(counts.sum())
+    (2, 1, 4)
+    """
+    counts = np.zeros(0x110000, np.int64)
+    batch, size = [], 0
+    for text in texts:
+        batch.append(text)
+        size += len(text)
+        if size >= chunk_chars:
+            counts += _bincount("".join(batch))
+            batch, size = [], 0
+    if batch:
+        counts += _bincount("".join(batch))
+    return counts
+
+
+def _bincount(text):
+    return np.bincount(np.frombuffer(text.encode("utf-32-le"), np.uint32), minlength=0x110000)

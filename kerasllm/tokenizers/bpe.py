@@ -1,5 +1,6 @@
 """Byte-level BPE: merges trained by HF `tokenizers`, tokenization by keras-hub."""
 
+import itertools
 import json
 
 import keras_hub
@@ -94,6 +95,20 @@ class BPETokenizer(Tokenizer):
         # Line by line, as tf_encode does (keras-hub's pre-split is superlinear in line length).
         encoded = self._hf.encode_batch(lines_of(text))
         return np.asarray([i for e in encoded for i in e.ids], np.int32)
+
+    def _encode_joined(self, texts):
+        # All lines of all texts in one Rust call (per-text calls dominate on text with many
+        # special-token strings, such as WikiText's <unk>); ids are the same, line by line.
+        lines, counts = [], []
+        for text in texts:
+            parts = lines_of(text)
+            lines.extend(parts)
+            counts.append(len(parts))
+        encoded = self._hf.encode_batch(lines) if lines else []
+        ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encoded), np.int32)
+        line_ends = np.concatenate([[0], np.cumsum([len(e.ids) for e in encoded], dtype=np.int64)])
+        bounds = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        return ids, line_ends[bounds[1:]] - line_ends[bounds[:-1]]
 
     def _decode_ids(self, ids):
         return self._hf.decode([int(i) for i in ids], skip_special_tokens=False).replace("<unk>", "\ufffd")

@@ -50,6 +50,11 @@ class ByteTokenizer(Tokenizer):
     def _encode_text(self, text):
         return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32) + self.offset
 
+    def _encode_joined(self, texts):
+        raw = [t.encode("utf-8") for t in texts]
+        ids = np.frombuffer(b"".join(raw), dtype=np.uint8).astype(np.int32) + self.offset
+        return ids, np.array([len(r) for r in raw], np.int64)
+
     def _decode_ids(self, ids):
         ids = np.asarray(ids)
         unk = np.flatnonzero(ids == self.unk_id)

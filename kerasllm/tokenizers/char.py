@@ -88,13 +88,20 @@ class CharTokenizer(Tokenizer):
         return len(self.special_tokens) + len(self.chars)
 
     def _encode_text(self, text):
-        codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
-        if not len(self._codepoints):
-            return np.full(len(codepoints), self.unk_id, dtype=np.int32)
-        index = np.searchsorted(self._codepoints, codepoints)
-        index = np.minimum(index, len(self._codepoints) - 1)
-        found = self._codepoints[index] == codepoints
-        return np.where(found, self._ids[index], self.unk_id).astype(np.int32)
+        codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        table = self._lookup_table()
+        return table[np.minimum(codepoints, len(table) - 1)]
+
+    def _encode_joined(self, texts):
+        return self._encode_text("".join(texts)), np.array([len(t) for t in texts], np.int64)
+
+    def _lookup_table(self):
+        """Dense codepoint -> id table up to the largest known codepoint, then one `<unk>` slot."""
+        if getattr(self, "_table", None) is None:
+            top = int(self._codepoints[-1]) + 1 if len(self._codepoints) else 0
+            self._table = np.full(top + 1, self.unk_id, np.int32)
+            self._table[self._codepoints] = self._ids
+        return self._table
 
     def _id_to_codepoint(self):
         """Array mapping id -> codepoint; specials -> -1 (dropped), <unk> -> U+FFFD."""

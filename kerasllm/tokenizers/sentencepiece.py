@@ -12,9 +12,55 @@ from kerasllm.tokenizers.base import (
     DEFAULT_SPECIAL_TOKENS,
     Tokenizer,
     as_ragged,
+    count_codepoints,
     graph_call,
     register_tokenizer,
 )
+
+
+# SentencePiece refuses a character_coverage below this.
+MIN_CHARACTER_COVERAGE = 0.98
+
+
+def fitting_coverage(lines, vocab_size, reserved, requested=0.9995):
+    """The character coverage to train with: `requested` when the characters it keeps fit in
+    `vocab_size` beside the `reserved` pieces, else the largest coverage that fits (>= 0.98;
+    byte fallback spells the rest, as SentencePiece recommends for CJK text).
+
+    Raises:
+        DataError: even 98% coverage does not fit; the message gives the smallest size that does.
+
+    Examples:
+
+    >>> lines = ["ab" * 500 + "cdefghij"]  # a, b: 99.2% of the characters
+    >>> fitting_coverage(lines, 300, 261)  # all 10 characters fit beside 261 reserved pieces
+    0.9995
+    >>> round(fitting_coverage(lines, 265, 261), 4)  # room for 4: keep a, b, c, d
+    0.9936
+    >>> fitting_coverage(lines, 262, 261)
+    Traceback (most recent call last):
+    ...
+    kerasllm.errors.DataError: sentencepiece: data.vocab_size = 262 cannot hold the 2 characters that cover 98% of the text beside 261 reserved pieces (special tokens, newline, 256 bytes); the smallest vocab_size that works is 263
+    """
+    counts = count_codepoints(lines)
+    ranked = np.sort(counts[counts > 0])[::-1]
+    cumulative = np.cumsum(ranked) / max(1, ranked.sum())
+
+    def kept(coverage):  # how many characters SentencePiece keeps at this coverage
+        return min(len(ranked), int(np.searchsorted(cumulative, coverage, side="left")) + 1)
+
+    room = vocab_size - reserved
+    if kept(requested) <= room:
+        return requested
+    if kept(MIN_CHARACTER_COVERAGE) > room:
+        needed = kept(MIN_CHARACTER_COVERAGE)
+        raise DataError(
+            f"sentencepiece: data.vocab_size = {vocab_size} cannot hold the {needed} characters that cover 98% "
+            f"of the text beside {reserved} reserved pieces (special tokens, newline, 256 bytes); the smallest "
+            f"vocab_size that works is {needed + reserved}"
+        )
+    # Midway into the share of the last character that fits: exactly `room` characters are kept.
+    return float(max(MIN_CHARACTER_COVERAGE, cumulative[room - 1] - (ranked[room - 1] / ranked.sum()) / 2))
 
 
 @register_tokenizer("sentencepiece")
@@ -70,8 +116,11 @@ class SentencePieceTokenizer(Tokenizer):
         sentencepiece.set_random_generator_seed(seed)
         model = io.BytesIO()
         extra = [t for t in special_tokens if t not in DEFAULT_SPECIAL_TOKENS]
+        vocab_size = vocab_size or 8000
+        reserved = len(DEFAULT_SPECIAL_TOKENS) + len(extra) + 1 + 256  # specials, "\n", byte pieces
+        coverage = fitting_coverage(lines, vocab_size, reserved, character_coverage)
         options = dict(
-            vocab_size=vocab_size or 8000, model_type=model_type, character_coverage=character_coverage,
+            vocab_size=vocab_size, model_type=model_type, character_coverage=coverage,
             byte_fallback=True, normalization_rule_name="identity", add_dummy_prefix=False,
             remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, split_digits=False,
             hard_vocab_limit=False, pad_id=0, unk_id=1, bos_id=2, eos_id=3,

@@ -1,0 +1,363 @@
+"""Streaming corpus sources: documents of any number of files, in bounded memory.
+
+`iter_pieces(spec)` yields the text of a corpus as `Piece(text, first, last)` records, in a
+fixed order, never holding more than about one block (1 MB) of a file:
+
+| file | documents |
+| --- | --- |
+| `.txt` (any other suffix) | the whole file; a large one comes in pieces cut at paragraph or line ends |
+| `.jsonl` | one per line, from the `data.text_field` field |
+| `.csv`, `.tsv` | one per row, from the `data.text_field` column (a header line is required) |
+| `.parquet` | one per row, from the `data.text_field` column (pyarrow, extra `[data]`) |
+
+each also compressed as `.gz`, `.bz2` or `.zst` (zstandard, extra `[data]`). `first`/`last`
+mark a piece that starts/ends a document, so `<bos>`/`<eos>` go where documents begin and end.
+`spec` is what `--data` takes: a registered dataset, a file, a directory (walked in sorted
+order, one folder at a time: millions of files cost no list) or a glob.
+
+A bad file is a one-line `DataError` naming the file and the offset or line. With
+`on_error="skip"` the bad row (`.jsonl`, `.csv`/`.tsv`) or the rest of the bad file is
+skipped instead and recorded in `SourceStats.skipped`.
+"""
+
+import bz2
+import codecs
+import collections
+import csv
+import gzip
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from kerasllm.data.corpus import REGISTERED_DATASETS, resolve_paths
+from kerasllm.errors import DataError
+
+Piece = collections.namedtuple("Piece", "text first last")
+
+BLOCK = 1 << 20  # bytes of a text file read at a time
+TEXT_NAMES = ("text", "sentence", "review", "content", "document", "body", "comment", "sentence1")
+COMPRESSIONS = (".gz", ".bz2", ".zst")
+ROW_FORMATS = (".jsonl", ".csv", ".tsv", ".parquet")
+
+
+class SourceStats:
+    """What a pass over the sources read: files with sizes, bytes so far, what was skipped."""
+
+    def __init__(self):
+        self.files = []  # (path, size in bytes on disk)
+        self.bytes_done = 0  # on-disk bytes of the files read so far
+        self.skipped = []  # one-line messages
+
+    def skip(self, message):
+        self.skipped.append(message)
+
+
+def iter_files(spec):
+    """Yields the files of `spec` (dataset name, file, directory or glob) one by one.
+
+    Examples:
+
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for name in ("b/2.txt", "a.txt", "b/1.txt", ".hidden"):
+    ...     (root / name).parent.mkdir(exist_ok=True); _ = (root / name).write_text("x")
+    >>> [str(p.relative_to(root)) for p in iter_files(root)]
+    ['a.txt', 'b/1.txt', 'b/2.txt']
+    """
+    spec = str(spec)
+    path = Path(spec).expanduser()
+    if spec == "python-stdlib" or spec in REGISTERED_DATASETS or path.is_file():
+        yield from resolve_paths(spec)
+    elif path.is_dir():
+        found = False
+        for file in _walk(path):
+            found = True
+            yield file
+        if not found:
+            raise DataError(f"{path}: the directory holds no files")
+    else:
+        yield from resolve_paths(spec)  # a glob (sorted) or the not-found error
+
+
+def _walk(folder):
+    with os.scandir(folder) as entries:
+        entries = sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
+    for entry in entries:
+        if entry.is_dir():
+            yield from _walk(entry.path)
+        elif entry.is_file():
+            yield Path(entry.path)
+
+
+def file_format(path):
+    """`(format suffix, compression suffix or "")` of a file, e.g. `(".jsonl", ".gz")`."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    compression = suffixes.pop() if suffixes and suffixes[-1] in COMPRESSIONS else ""
+    kind = suffixes[-1] if suffixes and suffixes[-1] in ROW_FORMATS else ".txt"
+    return kind, compression
+
+
+def open_binary(path, compression):
+    """The decompressed byte stream of a file and the raw file under it (for progress)."""
+    raw = open(path, "rb")
+    if compression == ".gz":
+        return gzip.GzipFile(fileobj=raw), raw
+    if compression == ".bz2":
+        return bz2.BZ2File(raw), raw
+    if compression == ".zst":
+        zstandard = _optional("zstandard", path)
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw), BLOCK), raw
+    return raw, raw
+
+
+def _optional(module, path):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise DataError(f"{path}: reading it needs the {module} package; pip install 'kerasllm[data]'") from None
+
+
+def iter_pieces(spec, text_field="", on_error="raise", stats=None):
+    """Yields the corpus `spec` as `Piece(text, first, last)`, file by file.
+
+    Args:
+        spec: a registered dataset, file, directory or glob.
+        text_field: field / column of the text in row formats; "" tries common names.
+        on_error: "raise" (a `DataError`) or "skip" (skip the bad row or rest of the file,
+            recorded in `stats.skipped`).
+        stats: a `SourceStats` to fill, or None.
+
+    Examples:
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "d.jsonl"
+    >>> _ = path.write_text('{"text": "one"}\\n{"text": "two"}\\n')
+    >>> [p.text for p in iter_pieces(path)]
+    ['one', 'two']
+    """
+    if on_error not in ("raise", "skip"):
+        raise DataError(f"data.on_error = {on_error!r}: expected 'raise' or 'skip'")
+    stats = stats if stats is not None else SourceStats()
+    for path in iter_files(spec):
+        size = path.stat().st_size
+        stats.files.append((str(path), size))
+        base = stats.bytes_done
+        kind, compression = file_format(path)
+        reader = {".jsonl": _jsonl_pieces, ".csv": _table_pieces, ".tsv": _table_pieces,
+                  ".parquet": _parquet_pieces}.get(kind, _text_pieces)
+        open_document = False
+        try:
+            for piece in reader(path, compression, text_field, on_error, stats, base):
+                open_document = not piece.last
+                yield piece
+        except DataError as error:
+            if on_error == "raise":
+                raise
+            stats.skip(str(error))
+            if open_document:  # the file broke off inside its document: end it there
+                yield Piece("", False, True)
+        stats.bytes_done = base + size
+
+
+def _text_pieces(path, compression, text_field, on_error, stats, base):
+    """One document per file, in pieces of about `BLOCK` bytes cut after a newline."""
+    stream, raw = open_binary(path, compression)
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, lines, held, first, pending = 0, 1, None, True, ""
+    with stream:
+        while True:
+            block = _read(stream, path, BLOCK)
+            end = not block
+            if not end:
+                text = _decode(decoder, block, path, offset, lines, first and held is None)
+                offset, lines = offset + len(block), lines + block.count(b"\n")
+                stats.bytes_done = base + raw.tell()
+                pending += text
+                cut = _cut(pending)
+                ready, pending = pending[:cut], pending[cut:]
+            else:
+                ready, pending = pending, ""
+            ready = ready.replace("\r\n", "\n")  # cut after "\n": no "\r\n" is split
+            if ready:
+                if held is not None:
+                    yield Piece(held, first, False)
+                    first = False
+                held = ready
+            if end:
+                break
+    if held is not None and (not first or held.strip()):  # a blank file is no document
+        yield Piece(held, first, True)
+
+
+def _read(stream, path, size):
+    try:
+        return stream.read(size)
+    except (OSError, EOFError, ValueError) as error:  # corrupt .gz / .bz2 / .zst
+        raise DataError(f"{path}: cannot read or decompress ({error})") from None
+
+
+def _decode(decoder, block, path, offset, lines, at_start):
+    nul = block.find(b"\x00")
+    if nul != -1:
+        raise DataError(
+            f"{path}: looks like a binary file (NUL byte at offset {offset + nul}); expected UTF-8 text"
+        )
+    held = len(decoder.getstate()[0])
+    try:
+        text = decoder.decode(block)
+    except UnicodeDecodeError as error:
+        at = offset - held + error.start
+        line = lines + block[: max(0, error.start - held)].count(b"\n")
+        raise DataError(f"{path}: not valid UTF-8 (byte offset {at}, line {line}); convert it to UTF-8 first") from None
+    return text[1:] if at_start and text.startswith("\ufeff") else text
+
+
+def _cut(text):
+    """Where to cut decoded text: after its last paragraph break (if in the second half), else
+    its last newline; 0 (keep all pending) when there is none yet and the text is short."""
+    half = len(text) // 2
+    cut = text.rfind("\n\n", half)
+    if cut != -1:
+        return cut + 2
+    cut = text.rfind("\n")
+    if cut != -1:
+        return cut + 1
+    return len(text) if len(text) >= 4 * BLOCK else 0  # one enormous line: cut anyway
+
+
+def _pick(path, available, wanted, what):
+    """The field/column holding the text: `wanted` (must exist), else a common name."""
+    if wanted:
+        if wanted not in available:
+            raise DataError(
+                f"{path}: no {what} {wanted!r} (text_field); the file has: {', '.join(map(repr, available))}"
+            )
+        return wanted
+    lowered = {str(name).strip().lower(): name for name in available}
+    for name in TEXT_NAMES:
+        if name in lowered:
+            return lowered[name]
+    raise DataError(
+        f"{path}: cannot tell which {what} holds the text; the file has {', '.join(map(repr, available))}; "
+        f"pass text_field= (tried {', '.join(TEXT_NAMES)})"
+    )
+
+
+def _as_text(value):
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _jsonl_pieces(path, compression, text_field, on_error, stats, base):
+    """One document per JSON line."""
+    stream, raw = open_binary(path, compression)
+    key, offset = None, 0
+    with stream:
+        for number, line in enumerate(stream, start=1):
+            at, offset = offset, offset + len(line)
+            if number % 4096 == 0:
+                stats.bytes_done = base + raw.tell()
+            try:
+                record = _json_line(path, number, at, line)
+                if record is None:
+                    continue
+                key = key or _pick(path, list(record), text_field, "field")
+                if key not in record:
+                    raise DataError(f"{path}, line {number}: the record has no field {key!r}")
+            except DataError as error:
+                if on_error == "raise" or "binary" in str(error):
+                    raise
+                stats.skip(str(error))
+                continue
+            text = _as_text(record[key])
+            if text.strip():
+                yield Piece(text, True, True)
+
+
+def _json_line(path, number, offset, line):
+    nul = line.find(b"\x00")
+    if nul != -1:
+        raise DataError(f"{path}: looks like a binary file (NUL byte at offset {offset + nul}); expected UTF-8 text")
+    try:
+        text = line.decode("utf-8-sig" if number == 1 else "utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{path}: not valid UTF-8 (byte offset {offset + error.start}, line {number}); convert it to UTF-8 first"
+        ) from None
+    if not text.strip():
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}, line {number}: not valid JSON ({error.msg}, column {error.colno})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+def _table_pieces(path, compression, text_field, on_error, stats, base):
+    """One document per row of a `.csv` (comma, quoted) or `.tsv` (tab, unquoted) file."""
+    tab = file_format(path)[0] == ".tsv"
+    stream, raw = open_binary(path, compression)
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+    # SST-2 style TSV is not quoted: a lone '"' is text, so quoting is off for tabs.
+    reader = csv.reader(text, delimiter="\t" if tab else ",", quoting=csv.QUOTE_NONE if tab else csv.QUOTE_MINIMAL)
+    with text:
+        try:
+            header = [h.strip() for h in next(reader, [])]
+            if not header:
+                raise DataError(f"{path}: the file is empty; expected a header line")
+            column = header.index(_pick(path, header, text_field, "column"))
+            for values in reader:
+                if reader.line_num % 4096 == 0:
+                    stats.bytes_done = base + raw.tell()
+                if not values or (len(values) == 1 and not values[0].strip()):
+                    continue
+                if len(values) != len(header):
+                    error = DataError(
+                        f"{path}, line {reader.line_num}: {len(values)} fields, expected {len(header)} "
+                        f"like the header ({', '.join(header)})"
+                    )
+                    if on_error == "raise":
+                        raise error
+                    stats.skip(str(error))
+                    continue
+                if values[column].strip():
+                    yield Piece(values[column], True, True)
+        except csv.Error as error:
+            what = "looks like a binary file" if "NUL" in str(error) else f"malformed row ({error})"
+            raise DataError(f"{path}, line {reader.line_num}: {what}") from None
+        except UnicodeDecodeError as error:
+            raise DataError(
+                f"{path}, line {reader.line_num + 1}: not valid UTF-8 ({error.reason}); convert it to UTF-8 first"
+            ) from None
+
+
+def _parquet_pieces(path, compression, text_field, on_error, stats, base):
+    """One document per row of a parquet file, read in record batches."""
+    _optional("pyarrow", path)
+    import pyarrow.parquet as parquet
+    with tempfile.TemporaryDirectory() as scratch:
+        if compression:  # parquet needs a seekable file: decompress to a temporary one
+            stream, _ = open_binary(path, compression)
+            local = Path(scratch) / "file.parquet"
+            with stream, open(local, "wb") as out:
+                shutil.copyfileobj(stream, out, BLOCK)
+        else:
+            local = path
+        try:
+            table = parquet.ParquetFile(local)
+        except Exception as error:  # pyarrow raises ArrowInvalid and friends
+            raise DataError(f"{path}: not a readable parquet file ({str(error)[:200]})") from None
+        column = _pick(path, table.schema_arrow.names, text_field, "column")
+        for batch in table.iter_batches(batch_size=4096, columns=[column]):
+            for value in batch.column(0).to_pylist():
+                text = _as_text(value)
+                if text.strip():
+                    yield Piece(text, True, True)

@@ -1,0 +1,58 @@
+"""Tokenize a recipe's corpus into the token store, ahead of training.
+
+    python -m kerasllm.recipes.prepare [--recipe NAME_OR_PATH] [--data PATH_OR_DATASET]
+                                       [--set key=value ...]
+
+Streams the corpus (files, directories, globs; .txt, .jsonl, .csv, .tsv, .parquet, plain or
+.gz/.bz2/.zst), trains the tokenizer on a seeded sample and writes shards of token ids with
+`data.num_proc` workers into the cache, printing MB read, tokens written, MB/s and ETA.
+Killed and run again, it resumes from the last complete shard. `pretrain` with the same data
+settings then reuses the store instead of tokenizing again.
+"""
+
+import argparse
+
+from kerasllm.config import describe_keys, load_config
+from kerasllm.data.corpus import dataset_names
+from kerasllm.recipes.cli import run_cli
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m kerasllm.recipes.prepare",
+        description="Tokenize a corpus into a sharded, memory-mapped token store.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys for --set:\n" + describe_keys(),
+    )
+    parser.add_argument(
+        "--recipe", default="default",
+        help="a recipe TOML file, or the name of a file in recipes/ (default: default)",
+    )
+    parser.add_argument(
+        "--data", default=None,
+        help="a file, a directory or glob of files, or a dataset name "
+        f"({', '.join(dataset_names())}); overrides data.dataset",
+    )
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set data.num_proc=4 (repeatable)",
+    )
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    overrides = list(args.overrides)
+    if args.data is not None:
+        overrides.insert(0, "data.dataset=" + '"' + args.data.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    config = load_config(args.recipe, overrides)
+
+    from kerasllm.data.prepare import prepare_lm_data  # heavy imports after argument checks
+
+    data = prepare_lm_data(config.data)
+    print(f"token store: {data.store.directory} ({len(data.store):,} tokens in "
+          f"{len(data.store.index['shards'])} shards)")
+
+
+if __name__ == "__main__":
+    run_cli(main)
