@@ -57,7 +57,7 @@ def size_schedule(config, train_examples):
 
     With `finetune.size_defaults` on and `train.max_steps` at its default, every key of the
     rule still at its default is chosen from the number of training examples N (a key given
-    any other value keeps it):
+    any other value keeps it; for sft, N counts packed rows):
 
     * `finetune.epochs` and `train.learning_rate` from `SIZE_RULE` (fewer than 2,000
       examples: 10 epochs at 2e-4; 8,000: 6 at 3e-4; 32,000: 4 at 4e-4; more: 2 at 5e-4),
