@@ -52,6 +52,7 @@ def test_comparison_and_verdict():
     assert comparison["model"]["accuracy"] == 0.0
     assert comparison["verdict"].startswith("model is 100.0 points below the bag-of-words baseline")
     assert verdict(0.9, {"naive_bayes": {"accuracy": 0.85}, "features": "words"}).startswith("model is 5.0 points above")
+    assert verdict(0.85, {"naive_bayes": {"accuracy": 0.85}, "features": "words"}).startswith("model is level with")
 
 
 def test_evaluate_json_has_the_baseline_fields(tmp_path, capsys):

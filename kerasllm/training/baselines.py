@@ -138,11 +138,9 @@ def verdict(model_accuracy, baselines):
     """
     nb = baselines["naive_bayes"]["accuracy"]
     points = 100 * (model_accuracy - nb)
-    side = "above" if points >= 0 else "below"
-    return (
-        f"model is {abs(points):.1f} points {side} the bag-of-words baseline "
-        f"(naive Bayes on {baselines['features']}: {100 * nb:.1f}%)"
-    )
+    where = "level with" if abs(points) < 0.05 else f"{abs(points):.1f} points {'above' if points > 0 else 'below'}"
+    return f"model is {where} the bag-of-words baseline (naive Bayes on {baselines['features']}: {100 * nb:.1f}%)"
+
 
 
 def compare(model_report, train_texts, train_y, test_texts, test_y):
@@ -166,6 +164,6 @@ def format_comparison(comparison, title="test"):
         cells = "".join(
             f"  {row['per_class'][l]['precision']:>7.3f}/{row['per_class'][l]['recall']:<7.3f}" for l in labels
         )
-        lines.append(f"{name:<24} {row['accuracy']:>8.4f} {row['macro_f1']:>8.4f}{cells}")
+        lines.append(f"{name:<24} {row['accuracy']:>8.4f} {row['macro_f1']:>8.4f}{cells}".rstrip())
     lines.append(comparison["verdict"])
     return "\n".join(lines)

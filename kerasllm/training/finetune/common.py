@@ -151,7 +151,7 @@ def fit_selected(model, config, train_ds, val_ds, run, verbose="auto", **fit_kwa
         callbacks.append(keeper)
     history = model.fit(
         train_ds, epochs=passes, steps_per_epoch=interval, validation_data=val_ds, callbacks=callbacks,
-        verbose=verbose, **fit_kwargs,
+        verbose=verbose, shuffle=False, **fit_kwargs,  # the dataset shuffles itself
     ).history
     steps = int(model.optimizer.iterations.numpy())
     done = len(history["loss"])
