@@ -58,9 +58,9 @@ def finetune(config, from_run, output_dir, log=print, verbose="auto"):
     started = time.perf_counter()
     task, run = TASKS[config.finetune.task], RunDir(output_dir)
     refuse_source_as_output(from_run, output_dir)
+    pretrained, tokenizer, backbone = load_run(from_run)
     with run:  # the directory's lock, held while the run is written
         run.claim(KINDS[config.finetune.task], what="finetune")
-        pretrained, tokenizer, backbone = load_run(from_run)
         config = resolve_model(config, pretrained, tokenizer)  # a copy: the caller's stays as given
         keras.utils.set_random_seed(config.train.seed)
         examples = task.load_examples(config, tokenizer, backbone)
