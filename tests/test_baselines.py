@@ -80,4 +80,4 @@ def test_evaluate_json_has_the_baseline_fields(tmp_path, capsys):
     assert "bag-of-words baseline" in report["verdict"]
     main(["--model", str(tmp_path / "clf"), "--data", str(tmp_path / "test.tsv")])
     text = capsys.readouterr().out
-    assert "naive Bayes (words)" in text and "majority class" in text and "points" in text
+    assert "naive Bayes (words)" in text and "majority class" in text and "bag-of-words baseline" in text

@@ -306,7 +306,7 @@ def test_finetune_leaves_the_callers_config_alone_and_writes_baselines(untrained
         assert set(metrics["val"][scorer]) == {"accuracy", "macro_f1", "per_class"}
         assert set(metrics["val"][scorer]["per_class"]["1"]) == {"precision", "recall"}
     assert metrics["val"]["naive_bayes"]["accuracy"] == 1.0  # the keyword decides the label
-    assert "points" in metrics["verdict"] and metrics["val"]["features"] == "words"
+    assert "bag-of-words baseline" in metrics["verdict"] and metrics["val"]["features"] == "words"
     assert json.loads(RunDir(tmp_path / "clf").metrics_path.read_text())["val"] == metrics["val"]
     assert RunDir(tmp_path / "clf").kind() == "classifier"
 
