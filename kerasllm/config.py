@@ -282,6 +282,16 @@ class FinetuneConfig(_Section):
     val_fraction: float = _opt(0.1, "share of the training file held out when no --val file is given", bounds="(0, 1)")
     epochs: int = _opt(3, "passes over the training examples (classify); train.max_steps caps the steps", bounds=">= 1")
     from_scratch: bool = _opt(False, "re-initialize the pretrained weights (baseline with the same architecture)")
+    select: str = _choice(
+        "auto", ["auto", "val_accuracy", "val_loss", "last"],
+        "weights kept: the best validation pass (restored at the end) or the last; auto: val_accuracy (classify), "
+        "val_loss (sft)",
+    )
+    patience: int = _opt(3, "stop after this many validation passes without improving finetune.select; 0: never early")
+    size_defaults: bool = _opt(
+        True, "with train.max_steps at its default: epochs, peak rate, warmup, min_lr and eval_interval still at "
+        "their defaults follow from the number of training examples (README: fine-tuning)",
+    )
 
 
 @dataclass

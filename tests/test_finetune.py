@@ -1,4 +1,5 @@
-"""Fine-tuning: labels, class weights, SFT packing and loss mask, and tiny end-to-end runs."""
+"""Fine-tuning: labels, class weights, SFT packing and loss mask, the size rule, best-pass
+selection, the output directory's guards, and tiny end-to-end runs."""
 
 import json
 
@@ -8,7 +9,7 @@ import pytest
 
 from conftest import run_module
 from kerasllm.config import Config
-from kerasllm.errors import ConfigError, DataError
+from kerasllm.errors import ConfigError, DataError, RunError
 from kerasllm.models import GPT
 from kerasllm.models.classifier import SequenceClassifier
 from kerasllm.tokenizers import CharTokenizer
@@ -106,7 +107,7 @@ def test_sft_loss_ignores_prompt_tokens_on_a_hand_built_batch():
 def test_read_prompt_response_errors(tmp_path):
     path = tmp_path / "sft.jsonl"
     path.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n')
-    with pytest.raises(DataError, match=r"sft\.jsonl:2: expected a string field 'response'"):
+    with pytest.raises(DataError, match=r"sft\.jsonl, line 2: expected a string field 'response'"):
         read_prompt_response(path)
     path.write_text('{"q": "a", "a": "b"}\n')
     assert read_prompt_response(path, "q", "a") == (["a"], ["b"])
@@ -201,3 +202,167 @@ def test_finetune_cli_errors_are_one_line(pretrained, tmp_path):
     result = run_module("kerasllm.recipes.finetune", "--from", pretrained / "lm", "--data",
                         pretrained / "train.tsv", "--text-column", "review", "--output", tmp_path / "out")
     assert result.returncode == 2 and "review" in result.stderr and "Traceback" not in result.stderr
+
+
+# --- the size rule -----------------------------------------------------------------------------
+@pytest.mark.parametrize("n,epochs,rate", [(1_000, 10, 2e-4), (4_000, 6, 3e-4), (16_000, 4, 4e-4), (67_000, 2, 5e-4)])
+def test_size_rule_gives_the_documented_epochs_and_rate(n, epochs, rate):
+    from kerasllm.training.finetune import size_schedule
+
+    config = Config()
+    config.override("train.batch_size=32")
+    sized = size_schedule(config, n)
+    per_epoch = -(-n // 32)
+    assert sized.finetune.epochs == epochs and sized.train.learning_rate == pytest.approx(rate)
+    assert sized.train.max_steps == epochs * per_epoch
+    assert sized.train.warmup_steps == round(0.06 * epochs * per_epoch)
+    assert sized.train.min_lr == pytest.approx(rate / 10)
+    assert sized.train.eval_interval == min(per_epoch, 500)  # every epoch, at most every 500 steps
+    assert config.train.max_steps == 2000 and config.finetune.epochs == 3  # the input is not changed
+
+
+def test_size_rule_keeps_what_the_user_set():
+    from kerasllm.training.finetune import size_schedule
+
+    config = Config()
+    for item in ["train.batch_size=10", "train.learning_rate=1e-4", "finetune.epochs=7", "train.eval_interval=5"]:
+        config.override(item)
+    sized = size_schedule(config, 100)
+    assert (sized.finetune.epochs, sized.train.max_steps, sized.train.learning_rate) == (7, 70, 1e-4)
+    assert sized.train.eval_interval == 5
+    config.override("finetune.lora_rank=4")
+    config.override("train.learning_rate=1e-3")  # back at its default: the rule's rate, x4 for LoRA
+    assert size_schedule(config, 100).train.learning_rate == pytest.approx(8e-4)
+    config.override("train.max_steps=30")  # an explicit step count: epochs passes capped by it, as before
+    sized = size_schedule(config, 100)
+    assert (sized.train.max_steps, sized.train.learning_rate, sized.train.eval_interval) == (30, 1e-3, 5)
+    config.override("train.max_steps=2000")
+    config.override("finetune.size_defaults=false")
+    assert size_schedule(config, 100).train.max_steps == 70  # 7 epochs of 10 steps
+
+
+# --- fast runs from an untrained backbone ------------------------------------------------------
+def write_untrained_run(path):
+    """A run directory holding an untrained 1-layer char GPT: what finetune loads, in a second."""
+    from kerasllm.models import build_model
+    from kerasllm.training.rundir import RunDir
+
+    tokenizer = CharTokenizer.train(["abcdefghijklmnopqrstuvwxyz ."])
+    config = Config(name="lm")
+    for item in ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16"]:
+        config.override(item)
+    keras.utils.set_random_seed(0)
+    model = build_model(config.model, vocab_size=tokenizer.vocabulary_size)
+    run = RunDir(path).create()
+    tokenizer.save(run.tokenizer_dir)
+    config.save(run.config_path)
+    run.save_model(model)
+    run.record("lm")
+    return run.path
+
+
+def write_keyword_set(path, n, flip=False, seed=0):
+    """`n` rows `a <keyword> film<TAB>label` where the keyword decides the label (`flip`: the
+    opposite label)."""
+    rng = np.random.default_rng(seed)
+    words = {1: ["good", "great", "superb"], 0: ["bad", "awful", "dull"]}
+    rows = ["sentence\tlabel"]
+    for _ in range(n):
+        label = int(rng.integers(2))
+        rows.append(f"a {rng.choice(words[label])} film\t{1 - label if flip else label}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("untrained")
+    write_untrained_run(root / "lm")
+    write_keyword_set(root / "train.tsv", 96)
+    write_keyword_set(root / "flipped.tsv", 48, flip=True, seed=1)
+    return root
+
+
+def _small(root, *overrides):
+    config = Config(name="t")
+    for item in [f"data.dataset=\"{root / 'train.tsv'}\"", "train.batch_size=16", "train.max_steps=12",
+                 "train.eval_interval=4", "train.warmup_steps=1", "train.learning_rate=1e-2",
+                 "train.jit_compile=false", *overrides]:
+        config.override(item)
+    return config
+
+
+def test_finetune_leaves_the_callers_config_alone_and_writes_baselines(untrained, tmp_path):
+    from kerasllm.training.finetune import finetune
+    from kerasllm.training.rundir import RunDir
+
+    config = _small(untrained, "finetune.epochs=100")
+    before = config.to_dict()
+    _, _, metrics = finetune(config, untrained / "lm", tmp_path / "clf", log=lambda _: None, verbose=0)
+    assert config.to_dict() == before  # model, max_steps, max_length: all resolved on a copy
+    saved = load_config_file(tmp_path / "clf")
+    assert saved.model.n_embd == 16 and saved.finetune.max_length == 16 and saved.train.max_steps == 12
+    for scorer in ("model", "majority", "naive_bayes"):
+        assert set(metrics["val"][scorer]) == {"accuracy", "macro_f1", "per_class"}
+        assert set(metrics["val"][scorer]["per_class"]["1"]) == {"precision", "recall"}
+    assert metrics["val"]["naive_bayes"]["accuracy"] == 1.0  # the keyword decides the label
+    assert "bag-of-words baseline" in metrics["verdict"] and metrics["val"]["features"] == "words"
+    assert json.loads(RunDir(tmp_path / "clf").metrics_path.read_text())["val"] == metrics["val"]
+    assert RunDir(tmp_path / "clf").kind() == "classifier"
+
+
+def load_config_file(run_dir):
+    from kerasllm.config import load_config
+
+    return load_config(str(run_dir / "config.toml"))
+
+
+def test_the_best_validation_pass_is_the_model_kept(untrained, tmp_path):
+    # Validation labels are the opposite of the training labels: the better the model learns
+    # the training set, the worse it does on validation, so validation peaks early.
+    from kerasllm.data.batches import encode_texts as encode
+    from kerasllm.data.readers import read_labelled
+    from kerasllm.training.finetune import finetune
+
+    config = _small(untrained, f"finetune.val_data=\"{untrained / 'flipped.tsv'}\"", "finetune.select=val_loss",
+                    "finetune.patience=2", "finetune.epochs=100", "train.max_steps=20")
+    model, tokenizer, metrics = finetune(config, untrained / "lm", tmp_path / "best", log=lambda _: None, verbose=0)
+    rows = (tmp_path / "best" / "log.csv").read_text().splitlines()
+    column = rows[0].split(",").index("val_loss")
+    val_losses = [float(row.split(",")[column]) for row in rows[1:]]
+    best = int(np.argmin(val_losses))
+    assert best < len(val_losses) - 1, val_losses  # it does peak early
+    # Early stopping: training stops `patience` passes after the best one (5 passes planned).
+    assert metrics["evaluations"] == len(val_losses) == min(5, best + 1 + 2)
+    assert metrics["stopped_early"] == (len(val_losses) < 5)
+    assert metrics["selected_step"] == 4 * (best + 1) and metrics["select"] == "val_loss"
+    assert metrics["steps"] == 4 * len(val_losses)
+    texts, labels = read_labelled(untrained / "flipped.tsv")
+    logits = np.asarray(model(encode(tokenizer, texts, 16)), dtype=np.float64)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    kept_loss = -log_probs[np.arange(len(labels)), labels].mean()
+    assert kept_loss == pytest.approx(val_losses[best], rel=1e-4)  # the restored weights are that pass's
+
+
+@pytest.mark.slow
+def test_the_output_is_never_the_source_run_nor_another_kind_of_run(untrained, tmp_path):
+    import shutil
+
+    from kerasllm.recipes.finetune import main
+    from kerasllm.training.finetune import finetune
+    from kerasllm.training.rundir import RunDir
+
+    with pytest.raises(RunError, match="is the pretrained run given as --from"):
+        finetune(_small(untrained), untrained / "lm", untrained / "lm", verbose=0)
+    args = ["--from", str(untrained / "lm"), "--data", str(untrained / "train.tsv"), "--set", "train.max_steps=2",
+            "--set", "train.eval_interval=2", "--set", "train.jit_compile=false"]
+    with pytest.raises(RunError, match="is the pretrained run given as --from"):
+        main([*args, "--output", str(untrained / "lm"), "--overwrite"])
+    assert RunDir(untrained / "lm").model_path.is_file()  # --overwrite did not touch the source
+    other = tmp_path / "other_lm"
+    shutil.copytree(untrained / "lm", other)
+    with pytest.raises(RunError, match="holds a lm run.*--overwrite"):
+        main([*args, "--output", str(other)])
+    assert RunDir(other).kind() == "lm"
+    main([*args, "--output", str(other), "--overwrite"])
+    assert RunDir(other).kind() == "classifier" and RunDir(other).finetune_path.is_file()

@@ -6,6 +6,8 @@
 * `read_labelled(path, text_column=None, label_column=None)` reads `(texts, labels)` for
   classification from a `.tsv`, `.csv` or `.jsonl` file (SST-2's `sentence<TAB>label`,
   ChnSentiCorp's `label,review`, ...). Columns are found by common names when not given.
+* `read_prompt_response(path, prompt_field, response_field)` reads `(prompts, responses)` for
+  supervised fine-tuning from a `.jsonl` file.
 
 Every problem is a `DataError` naming the file and, where it helps, the line: missing, empty,
 not UTF-8, binary, not valid JSON, unknown column or field.
@@ -173,6 +175,41 @@ def read_labelled(path, text_column=None, label_column=None):
     if not texts:
         raise DataError(f"{path}: every row has an empty {text_key!r}; expected text")
     return texts, _parse_labels(labels)
+
+
+def read_prompt_response(path, prompt_field="prompt", response_field="response"):
+    """Reads prompt -> response pairs from a `.jsonl` file (one JSON object per line).
+
+    Returns:
+        `(prompts, responses)`: lists of strings of equal length, in file order.
+
+    Raises:
+        DataError: missing/empty file, invalid JSON, or a record without a string field (the
+            message names the file, the line and the `finetune.*_field` option).
+
+    Examples:
+
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "sft.jsonl")
+    >>> _ = open(path, "w").write('{"q": "2+2?", "a": "4"}\\n')
+    >>> read_prompt_response(path, "q", "a")
+    (['2+2?'], ['4'])
+    """
+    path = Path(path)
+    _, rows = _jsonl_rows(path, _read_nonempty(path))
+    prompts, responses = [], []
+    for line, record in rows:
+        for name, option in ((prompt_field, "finetune.prompt_field"), (response_field, "finetune.response_field")):
+            if not isinstance(record.get(name), str):
+                raise DataError(
+                    f"{path}, line {line}: expected a string field {name!r} ({option}); the record has "
+                    f"{', '.join(map(repr, record)) or 'no fields'}"
+                )
+        prompts.append(record[prompt_field])
+        responses.append(record[response_field])
+    if not prompts:
+        raise DataError(f"{path}: no records; expected prompt/response examples")
+    return prompts, responses
 
 
 def read_documents(path, text_field=None):

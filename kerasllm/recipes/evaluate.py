@@ -6,7 +6,8 @@
 Language models: loss, perplexity, bits per token and per character of a text file with the
 run's own tokenizer, scored with a sliding window (`--stride`, default half the context).
 Classifiers: accuracy, precision / recall / F1 per class and macro, and the confusion matrix
-(printed and saved as a PNG).
+(printed and saved as a PNG), beside the same metrics for two baselines trained on the run's own
+training examples: the majority class and a bag-of-words naive Bayes, with a one-line verdict.
 """
 
 import argparse
@@ -40,27 +41,12 @@ def main(argv=None):
 
     from kerasllm.data.corpus import read_text_file
     from kerasllm.models.classifier import SequenceClassifier
-    from kerasllm.training.metrics import format_report, language_model_report, plot_confusion_matrix
-    from kerasllm.training.run import load_run
+    from kerasllm.training.metrics import language_model_report
+    from kerasllm.training.rundir import load_run
 
     config, tokenizer, model = load_run(args.model)
     if isinstance(model, SequenceClassifier):
-        from kerasllm.data.readers import read_labelled
-        from kerasllm.training.finetune import evaluate_classifier
-
-        texts, labels = read_labelled(
-            args.data,
-            text_column=args.text_column or config.finetune.text_column or None,
-            label_column=args.label_column or config.finetune.label_column or None,
-        )
-        max_length = config.finetune.max_length or config.model.block_size
-        report = evaluate_classifier(model, tokenizer, texts, labels, max_length, source=str(args.data))
-        plot = Path(args.plot) if args.plot else Path(args.model) / "eval" / f"{Path(args.data).stem}_confusion.png"
-        plot.parent.mkdir(parents=True, exist_ok=True)
-        report["confusion_png"] = str(plot_confusion_matrix(
-            report["confusion_matrix"], report["labels"], plot, title=f"{Path(args.model).name} on {Path(args.data).name}"
-        ))
-        text = format_report(report) + f"\nconfusion matrix saved to {plot}"
+        report, text = _classifier_report(args, config, tokenizer, model)
     else:
         stride = args.stride or None
         block = config.model.block_size
@@ -77,6 +63,55 @@ def main(argv=None):
         )
     report = {"model": str(args.model), "data": str(args.data), **report}
     print(json.dumps(report, ensure_ascii=False) if args.json else text)
+
+
+def _classifier_report(args, config, tokenizer, model):
+    """The classifier's report on `--data` beside the baselines, and its text form."""
+    from kerasllm.data.labels import label_ids
+    from kerasllm.data.readers import read_labelled
+    from kerasllm.training.baselines import compare, format_comparison
+    from kerasllm.training.finetune import evaluate_classifier
+    from kerasllm.training.metrics import format_report, plot_confusion_matrix
+
+    texts, labels = read_labelled(
+        args.data,
+        text_column=args.text_column or config.finetune.text_column or None,
+        label_column=args.label_column or config.finetune.label_column or None,
+    )
+    max_length = config.finetune.max_length or config.model.block_size
+    report = evaluate_classifier(model, tokenizer, texts, labels, max_length, source=str(args.data))
+    plot = Path(args.plot) if args.plot else Path(args.model) / "eval" / f"{Path(args.data).stem}_confusion.png"
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    report["confusion_png"] = str(plot_confusion_matrix(
+        report["confusion_matrix"], report["labels"], plot, title=f"{Path(args.model).name} on {Path(args.data).name}"
+    ))
+    text = format_report(report) + f"\nconfusion matrix saved to {plot}"
+    train = _training_examples(config)
+    if train is None:
+        report["baselines"] = None
+        return report, text + f"\nbaselines: not computed (the training file {config.data.dataset} is not here)"
+    train_texts, train_labels = train
+    comparison = compare(
+        report, train_texts, label_ids(train_labels, model.labels, str(config.data.dataset)),
+        texts, label_ids(labels, model.labels, str(args.data)),
+    )
+    report["baselines"] = {
+        "majority": comparison["majority"], "naive_bayes": comparison["naive_bayes"],
+        "features": comparison["features"], "train_data": str(config.data.dataset), "train_examples": len(train_texts),
+    }
+    report["verdict"] = comparison["verdict"]
+    return report, text + "\n\n" + format_comparison(comparison, title=f"{Path(args.data).name} ({len(texts):,})")
+
+
+def _training_examples(config):
+    """`(texts, labels)` the classifier was trained on (its training file minus the held-out
+    validation rows), or None when that file is not at its recorded path."""
+    from kerasllm.training.finetune.classify import training_split
+
+    if not Path(config.data.dataset).is_file():
+        return None
+    texts, labels, _, _ = training_split(config)
+    return texts, labels
 
 
 if __name__ == "__main__":

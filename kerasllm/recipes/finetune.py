@@ -2,10 +2,12 @@
 
     python -m kerasllm.recipes.finetune --from RUN_DIR --data FILE [--task classify|sft]
         [--text-column C] [--label-column L] [--val FILE] [--test FILE]
-        [--recipe NAME_OR_PATH] [--output DIR] [--set key=value ...]
+        [--recipe NAME_OR_PATH] [--output DIR] [--overwrite] [--set key=value ...]
 
 The model architecture comes from the pretrained run; the recipe (optional) supplies the
-`[train]` and `[finetune]` settings, e.g. `recipes/sst2_finetune.toml`.
+`[train]` and `[finetune]` settings, e.g. `recipes/sst2_finetune.toml`. The output is a new run
+directory: never the `--from` run, and a directory holding another kind of run (a pretrained
+one, say) only with `--overwrite`.
 """
 
 import argparse
@@ -33,6 +35,8 @@ def build_parser():
     parser.add_argument("--test", default=None, help="test file scored at the end (finetune.test_data)")
     parser.add_argument("--recipe", default=None, help="a fine-tuning recipe TOML file or name in recipes/")
     parser.add_argument("--output", default=None, help="run directory (default: saved_models/<recipe name>)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace what --output holds (another kind of run, or files that are no run)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config value, e.g. --set finetune.freeze_blocks=2 (repeatable)",
@@ -64,6 +68,13 @@ def main(argv=None):
     output = Path(args.output) if args.output else Path("saved_models") / config.name
 
     from kerasllm.training.finetune import finetune  # heavy imports after argument checks
+    from kerasllm.training.finetune.common import KINDS, refuse_source_as_output
+    from kerasllm.training.rundir import RunDir
+
+    refuse_source_as_output(args.from_run, output)
+    if args.overwrite:
+        with RunDir(output) as run:
+            run.claim(KINDS[config.finetune.task], overwrite=True, what="finetune")
 
     print(f"kerasllm: fine-tune {args.from_run} ({config.finetune.task}) on {config.data.dataset} -> {output}")
     _, _, metrics = finetune(config, args.from_run, output)
@@ -72,8 +83,10 @@ def main(argv=None):
         if metrics.get(key) is not None
     )
     print(
-        f"\n{summary}; {metrics['trainable_parameters']:,} trainable of {metrics['parameters']:,} parameters; "
-        f"{metrics['wall_seconds']:.0f} s\nrun directory: {output}"
+        f"\n{summary} (kept: step {metrics['selected_step']} of {metrics['steps']}, by {metrics['select']}); "
+        f"{metrics['trainable_parameters']:,} trainable of {metrics['parameters']:,} parameters; "
+        f"{metrics['wall_seconds']:.0f} s\n" + (f"{metrics['verdict']}\n" if metrics.get("verdict") else "")
+        + f"run directory: {output}"
     )
 
 

@@ -1,5 +1,6 @@
 """Training: optimizer and schedule, callbacks, and the pretraining run."""
 
+from kerasllm.training.finetune import finetune
 from kerasllm.training.optimizers import build_optimizer, build_schedule
 from kerasllm.training.run import compile_model, load_run, prepare_data, pretrain, sample_text
 
@@ -7,6 +8,7 @@ __all__ = [
     "build_optimizer",
     "build_schedule",
     "compile_model",
+    "finetune",
     "load_run",
     "prepare_data",
     "pretrain",
