@@ -514,6 +514,21 @@ class Config:
         # names the file or `--set` behind a key only while the key still holds that value.
         self._sources = {}
 
+    def replace(self, **sections):
+        """A copy with some sections (or `name`) replaced, remembering where each key was set
+        (`dataclasses.replace` would forget it).
+
+        Examples:
+
+        >>> config = load_config("default", ["train.max_steps=10"])
+        >>> copy = config.replace(model=dataclasses.replace(config.model, n_layer=2))
+        >>> copy.model.n_layer, copy.source_of("train.max_steps")
+        (2, '--set train.max_steps=10')
+        """
+        copy = dataclasses.replace(self, **sections)
+        copy._sources = dict(self._sources)
+        return copy
+
     @classmethod
     def from_dict(cls, values, source="config", validate=True):
         """Builds a config from nested dicts, checking every key and type against `source`.

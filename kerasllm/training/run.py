@@ -182,7 +182,7 @@ def _adopt(config, source):
     source_config, tokenizer, _ = source
     model = dataclasses.replace(source_config.model, vocab_size=tokenizer.vocabulary_size)
     data = dataclasses.replace(config.data, tokenizer=tokenizer.kind, vocab_size=tokenizer.vocabulary_size)
-    return dataclasses.replace(config, model=model, data=data).validate()
+    return config.replace(model=model, data=data).validate()
 
 
 def _early_placement(config, log):
@@ -259,7 +259,7 @@ def _differences(saved, config):
 
 
 def _with_vocabulary(config, tokenizer):
-    return dataclasses.replace(config, model=dataclasses.replace(config.model, vocab_size=tokenizer.vocabulary_size))
+    return config.replace(model=dataclasses.replace(config.model, vocab_size=tokenizer.vocabulary_size))
 
 
 def _start(run, config, data):

@@ -43,20 +43,21 @@ def resolve_model(config, pretrained, tokenizer):
             f"finetune.max_length = {ft.max_length} exceeds the pretrained context "
             f"model.block_size = {model.block_size}"
         )
-    return dataclasses.replace(
-        config, model=model, finetune=dataclasses.replace(ft, max_length=ft.max_length or model.block_size)
-    )
+    return config.replace(model=model, finetune=dataclasses.replace(ft, max_length=ft.max_length or model.block_size))
 
 
-def _is_default(section, key):
-    return getattr(section, key) == next(f.default for f in dataclasses.fields(section) if f.name == key)
+def _unset(config, section_name, key):
+    """True when `section.key` holds its default and no recipe file or `--set` gave it."""
+    section = getattr(config, section_name)
+    default = next(f.default for f in dataclasses.fields(section) if f.name == key)
+    return getattr(section, key) == default and config.source_of(f"{section_name}.{key}") is None
 
 
 def size_schedule(config, train_examples):
     """A copy of `config` whose steps, epochs, rate and validation interval fit the data size.
 
-    With `finetune.size_defaults` on and `train.max_steps` at its default, every key of the
-    rule still at its default is chosen from the number of training examples N (a key given
+    With `finetune.size_defaults` on and `train.max_steps` not given (neither in the recipe nor
+    with `--set`), every key of the rule not given is chosen from the number of training examples N (a key given
     any other value keeps it; for sft, N counts packed rows):
 
     * `finetune.epochs` and `train.learning_rate` from `SIZE_RULE` (fewer than 2,000
@@ -80,29 +81,27 @@ def size_schedule(config, train_examples):
     """
     train, ft = config.train, config.finetune
     steps_per_epoch = max(1, math.ceil(train_examples / train.batch_size))
-    if not (ft.size_defaults and _is_default(train, "max_steps")):
+    if not (ft.size_defaults and _unset(config, "train", "max_steps")):
         max_steps = min(train.max_steps, ft.epochs * steps_per_epoch)
-        return dataclasses.replace(config, train=dataclasses.replace(
+        return config.replace(train=dataclasses.replace(
             train, max_steps=max_steps, eval_interval=min(train.eval_interval, max_steps)
         ))
     _, rule_epochs, rule_rate = next(row for row in SIZE_RULE if train_examples < row[0])
-    epochs = rule_epochs if _is_default(ft, "epochs") else ft.epochs
+    epochs = rule_epochs if _unset(config, "finetune", "epochs") else ft.epochs
     rate = rule_rate * (LORA_RATE_FACTOR if ft.lora_rank else 1)
-    rate = rate if _is_default(train, "learning_rate") else train.learning_rate
+    rate = rate if _unset(config, "train", "learning_rate") else train.learning_rate
     max_steps = epochs * steps_per_epoch
     chosen = {
         "max_steps": max_steps,
         "learning_rate": rate,
-        "warmup_steps": max(1, round(0.06 * max_steps)) if _is_default(train, "warmup_steps") else train.warmup_steps,
-        "min_lr": rate / 10 if _is_default(train, "min_lr") else train.min_lr,
+        "warmup_steps": max(1, round(0.06 * max_steps)) if _unset(config, "train", "warmup_steps") else train.warmup_steps,
+        "min_lr": rate / 10 if _unset(config, "train", "min_lr") else train.min_lr,
         "eval_interval": (
-            min(steps_per_epoch, MAX_EVAL_INTERVAL) if _is_default(train, "eval_interval") else train.eval_interval
+            min(steps_per_epoch, MAX_EVAL_INTERVAL) if _unset(config, "train", "eval_interval") else train.eval_interval
         ),
     }
     chosen["eval_interval"] = min(chosen["eval_interval"], max_steps)
-    return dataclasses.replace(
-        config, train=dataclasses.replace(train, **chosen), finetune=dataclasses.replace(ft, epochs=epochs)
-    )
+    return config.replace(train=dataclasses.replace(train, **chosen), finetune=dataclasses.replace(ft, epochs=epochs))
 
 
 def holdout(n, fraction, seed):
