@@ -142,10 +142,10 @@ REFERENCE = dict(
 
 @pytest.mark.parametrize("name", list(REFERENCE))
 def test_defaults_of_the_checkpoint_options_keep_the_logits_bit_identical(name):
-    # tests/data/gpt_reference.npz: weights and logits saved by the GPT before these options.
+    # tests/models/gpt_reference.npz: weights and logits saved by the GPT before these options.
     import pathlib
 
-    saved = np.load(pathlib.Path(__file__).parent / "data" / "gpt_reference.npz")
+    saved = np.load(pathlib.Path(__file__).parent / "gpt_reference.npz")
     model = build_model(REFERENCE[name], vocab_size=11)
     keys = sorted((k for k in saved.files if k.startswith(f"{name}/w")), key=lambda k: int(k.split("/")[1][1:]))
     assert [k.split("/", 3)[3] for k in keys] == [w.path.split("/", 1)[1] for w in model.weights]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ["pretrain", "finetune", "generate", "evaluate", "export", "plan"]
 
 NOISE = (
