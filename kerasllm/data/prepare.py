@@ -384,9 +384,16 @@ def prepare_store(data, tokenizer=None, log=print):
         first = store.index["skipped_first"][0]
         log(f"data: skipped {store.index['skipped']} bad files or rows (data.on_error = 'skip'); first: {first}")
     if not store.documents:
-        what = f" after cleaning with data.clean = {data.clean!r}" if data.clean else ""
-        raise DataError(f"{data.dataset}: no text{what}; expected text to train on")
+        raise DataError(f"{data.dataset}: {_why_no_text(data, total_bytes)}; expected text to train on")
     return store, tokenizer, how, built
+
+
+def _why_no_text(data, total_bytes):
+    if data.clean:
+        return f"no text after cleaning with data.clean = {data.clean!r}"
+    if total_bytes == 0:
+        return "the file is empty" if Path(data.dataset).is_file() else "every file is empty"
+    return "only whitespace, no text"
 
 
 def prepare_lm_data(data, tokenizer=None, log=print):

@@ -68,6 +68,7 @@ def test_pretrain_then_generate_end_to_end(tmp_path, corpus, tiny_overrides):
     [
         (["--data", "{tmp}/missing.txt"], "missing.txt: no such file"),
         (["--data", "{tmp}/empty.txt"], "empty.txt: the file is empty"),
+        (["--data", "{tmp}/blank.txt"], "blank.txt: only whitespace, no text"),
         (["--data", "{tmp}/blob.bin"], "blob.bin: looks like a binary file"),
         (["--set", "train.max_stepz=3"], "unknown key 'train.max_stepz'"),
         (["--set", "train.max_steps=many"], "train.max_steps = 'many' has the wrong type; expected an integer"),
@@ -76,6 +77,7 @@ def test_pretrain_then_generate_end_to_end(tmp_path, corpus, tiny_overrides):
 )
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
     (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "blank.txt").write_text("  \n\t\n\n")
     (tmp_path / "blob.bin").write_bytes(b"\x00\x01binary")
     args = [a.format(tmp=tmp_path) for a in args]
     result = run_module("kerasllm.recipes.pretrain", "--output", tmp_path / "run", *args)

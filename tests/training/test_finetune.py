@@ -231,8 +231,11 @@ def test_size_rule_keeps_what_the_user_set():
     assert (sized.finetune.epochs, sized.train.max_steps, sized.train.learning_rate) == (7, 70, 1e-4)
     assert sized.train.eval_interval == 5
     config.override("finetune.lora_rank=4")
-    config.override("train.learning_rate=1e-3")  # back at its default: the rule's rate, x4 for LoRA
-    assert size_schedule(config, 100).train.learning_rate == pytest.approx(8e-4)
+    config.override("train.learning_rate=1e-3")  # given, even at its default value: kept
+    assert size_schedule(config, 100).train.learning_rate == pytest.approx(1e-3)
+    unset = Config()
+    unset.override("finetune.lora_rank=4")  # the rate not given: the rule's, x4 for LoRA
+    assert size_schedule(unset, 100).train.learning_rate == pytest.approx(8e-4)
     config.override("train.max_steps=30")  # an explicit step count: epochs passes capped by it, as before
     sized = size_schedule(config, 100)
     assert (sized.train.max_steps, sized.train.learning_rate, sized.train.eval_interval) == (30, 1e-3, 5)
