@@ -468,7 +468,7 @@ def test_command_errors_are_one_line(tmp_path):
 class RecordingGenerator:
     """Answers `generate` with token 7 after every row and records each call's rows and length."""
 
-    is_gpt, context = True, 64
+    context = 64
 
     def __init__(self):
         self.calls, self.kwargs = [], []

@@ -173,7 +173,7 @@ class BatchScheduler:
         """
         from kerasllm.generation.generator import BUCKET
 
-        if not self.generator.is_gpt:
+        if self.generator.context is None:  # an LSTM: no fixed context, buffers not bucketed
             return 0
         s = sampling.normalized()
         context = self.generator.context
@@ -325,7 +325,7 @@ class BatchScheduler:
 
     def _window(self, ids, steps):
         """A GPT sees its last `block_size - steps` tokens (the server keeps rows within it)."""
-        if self.generator.is_gpt and len(ids) + steps > self.generator.context:
+        if self.generator.context is not None and len(ids) + steps > self.generator.context:
             return ids[len(ids) + steps - self.generator.context :]
         return ids
 
