@@ -40,7 +40,7 @@ class Sampling:
     stop_ids: tuple = ()
 
     def normalized(self):
-        """Greedy decoding ignores top-k, top-p and the seed: equal keys for every greedy job."""
+        """Greedy decoding ignores top-k, top-p and the seed: drop them, so greedy jobs all look alike."""
         if self.temperature <= 0:
             return Sampling(0.0, 0, 1.0, None, self.stop_ids)
         return self
