@@ -90,9 +90,9 @@ def _warm_up(scheduler, served):
     from kerasllm.serving import Sampling
 
     started, stop_ids = time.perf_counter(), (int(served.tokenizer.eos_id),)
-    sample = served.config.sample
-    shapes = sum(scheduler.warm_up(Sampling(t, k, 1.0, None, stop_ids))
-                 for t, k in {(0.0, 0), (float(sample.temperature), int(sample.top_k))})
+    # The settings are inputs of the compiled loop: one pass covers greedy and sampling.
+    shapes = scheduler.warm_up(Sampling(float(served.config.sample.temperature), int(served.config.sample.top_k),
+                                        1.0, None, stop_ids))
     print(f"compiled the decoding loop for {shapes} shapes in {time.perf_counter() - started:.0f} s", flush=True)
 
 

@@ -40,7 +40,7 @@ class Sampling:
     stop_ids: tuple = ()
 
     def normalized(self):
-        """Greedy decoding ignores top-k, top-p and the seed: equal keys for every greedy job."""
+        """Greedy decoding ignores top-k, top-p and the seed: drop them, so greedy jobs all look alike."""
         if self.temperature <= 0:
             return Sampling(0.0, 0, 1.0, None, self.stop_ids)
         return self
@@ -68,6 +68,8 @@ class Job:
         self.prompt = [int(i) for i in prompt_ids]
         self.max_new_tokens = int(max_new_tokens)
         self.sampling = sampling.normalized()
+        # An unseeded row still needs one seed for all its chunks.
+        self.seed = sampling.seed if sampling.seed is not None else int(np.random.randint(0, 2**31 - 1))
         self.deliver = deliver
         self.tokens = []
         self.cancelled = False
@@ -141,39 +143,37 @@ class BatchScheduler:
     def batch_key(job):
         """Jobs with equal keys decode in one call.
 
-        `generate` takes one setting per call; a seeded sampling job runs alone so that its
-        text equals `generate(prompt, seed=seed)` (today's sampler draws the whole batch from
-        one seed). Once the sampler is keyed per row, the seed can leave the key.
+        Sampling settings and seeds go to `generate` one per row, and a row's random draws are
+        keyed by its own (seed, position), so they never split a batch: a seeded row gets the
+        text it gets alone. Only the stop ids do, because the loop takes one set per call and
+        ends once every row has produced one of them.
         """
-        s = job.sampling
-        if s.temperature > 0 and s.seed is not None:
-            return ("alone", job.id)
-        return (s.temperature, s.top_k, s.top_p, s.stop_ids)
+        return job.sampling.stop_ids
 
     def chunk_for(self, batch):
         """Tokens the next call decodes: chunks while someone streams, else every job to its end.
 
         Each call prefills its rows again, so chunks cost time; only streaming earns them. A
-        seeded job always decodes in one call (see `batch_key`).
+        chunked row samples the tokens of one long call: its draws are keyed by position.
         """
         longest = max(job.remaining for job in batch)
-        seeded = batch[0].sampling.seed is not None and batch[0].sampling.temperature > 0
-        if seeded or not any(job.stream for job in batch):
+        if not any(job.stream for job in batch):
             return longest
         return min(self.chunk_tokens, longest)
 
     # --- the public side -----------------------------------------------------------------
     def warm_up(self, sampling):
-        """Compiles the decoding loop for `sampling` at every batch bucket and buffer length.
+        """Compiles the decoding loop at every batch bucket and buffer length (for `sampling`'s stop ids).
 
-        A GPT's loop compiles once per (settings, batch rows, buffer length); rows are padded
+        A GPT's loop compiles once per (batch rows, buffer length, number of stop ids) — the
+        sampler settings are inputs, not constants; rows are padded
         to powers of two and buffers to multiples of 64, so a few calls cover every request
         with these settings. Returns the number of shapes compiled (0 for an LSTM, whose
         buffers are not bucketed).
         """
         from kerasllm.generation.generator import BUCKET
 
-        if not self.generator.is_gpt:
+        if self.generator.context is None:  # an LSTM: no fixed context, buffers not bucketed
             return 0
         s = sampling.normalized()
         context = self.generator.context
@@ -298,17 +298,20 @@ class BatchScheduler:
         steps = self.chunk_for(live)
         rows = [self._window(job.prompt + job.tokens, steps) for job in live]
         padded = rows + [rows[0]] * (self._bucket(len(rows)) - len(rows))  # fewer compiled shapes
-        s = live[0].sampling
+        padded_jobs = live + [live[0]] * (len(padded) - len(rows))
+        settings = [job.sampling for job in padded_jobs]
+        stop_ids = live[0].sampling.stop_ids
         started = time.perf_counter()
         with self.lock:
             out = self.generator.generate(
-                padded, max_new_tokens=steps, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                seed=s.seed, stop_ids=s.stop_ids,
+                padded, max_new_tokens=steps, temperature=[s.temperature for s in settings],
+                top_k=[s.top_k for s in settings], top_p=[s.top_p for s in settings],
+                seed=[job.seed for job in padded_jobs], stop_ids=stop_ids,
             )
         self.stats.update(calls=1, rows=len(live), steps=steps, busy_ms=int(1000 * (time.perf_counter() - started)))
         for job, row, ids in zip(live, rows, out):
             new = [int(i) for i in np.asarray(ids)[len(row):]][: job.remaining]
-            stop_at = next((k for k, i in enumerate(new) if i in s.stop_ids), None)
+            stop_at = next((k for k, i in enumerate(new) if i in stop_ids), None)
             if stop_at is not None:
                 new, job._stopped = new[: stop_at + 1], True
             job.tokens += new
@@ -322,7 +325,7 @@ class BatchScheduler:
 
     def _window(self, ids, steps):
         """A GPT sees its last `block_size - steps` tokens (the server keeps rows within it)."""
-        if self.generator.is_gpt and len(ids) + steps > self.generator.context:
+        if self.generator.context is not None and len(ids) + steps > self.generator.context:
             return ids[len(ids) + steps - self.generator.context :]
         return ids
 

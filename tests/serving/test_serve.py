@@ -179,6 +179,28 @@ def test_concurrent_requests_share_a_decoding_call(server, client, name, greedy)
     assert scheduler.stats["calls"] - before.get("calls", 0) <= 2  # the first request, then the other five
 
 
+def test_seeded_requests_with_different_settings_share_a_call(server, client, name, greedy):
+    # Per-row settings and seeds: each row's text is the one it gets alone, in one shared call.
+    settings = [{"temperature": t, "top_k": k, "seed": seed}
+                for t, k, seed in [(0.7, 5, 1), (1.0, 0, 2), (1.3, 10, 3), (0.0, 0, 4)]]
+    results = {}
+    scheduler = server.state.scheduler
+    before = dict(scheduler.stats)
+    with server.state.lock:
+        threads = [threading.Thread(target=lambda i=i, s=s: results.__setitem__(i, client.completions.create(
+            model=name, prompt="the", max_tokens=12, temperature=s["temperature"], seed=s["seed"],
+            extra_body={"top_k": s["top_k"]}))) for i, s in enumerate(settings)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        while scheduler.load() < len(settings) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    for t in threads:
+        t.join(120)
+    assert [results[i].choices[0].text for i in range(len(settings))] == [greedy("the", 12, **s) for s in settings]
+    assert scheduler.stats["calls"] - before.get("calls", 0) <= 2  # the first request, then the other three
+
+
 def test_a_list_of_prompts_and_n(client, name, greedy):
     result = client.completions.create(model=name, prompt=["the", "over the lazy"], max_tokens=8, temperature=0)
     assert [c.text for c in result.choices] == [greedy("the", 8), greedy("over the lazy", 8)]
@@ -446,13 +468,14 @@ def test_command_errors_are_one_line(tmp_path):
 class RecordingGenerator:
     """Answers `generate` with token 7 after every row and records each call's rows and length."""
 
-    is_gpt, context = True, 64
+    context = 64
 
     def __init__(self):
-        self.calls = []
+        self.calls, self.kwargs = [], []
 
     def generate(self, rows, max_new_tokens, **sampling):
         self.calls.append(([len(r) for r in rows], max_new_tokens))
+        self.kwargs.append(sampling)
         return [np.array(list(r) + [7] * max_new_tokens) for r in rows]
 
 
@@ -494,6 +517,24 @@ def test_streaming_rows_decode_in_chunks(scheduler):
 def test_rows_far_apart_in_length_do_not_share_a_call(scheduler):
     _run_jobs(scheduler, [(2, 3, False), (30, 3, False), (5, 3, False)])
     assert [rows for rows, _ in scheduler.generator.calls] == [[2, 5], [30]]
+
+
+def test_jobs_with_other_settings_share_a_call_with_per_row_settings(scheduler):
+    from kerasllm.serving import Job, Sampling
+
+    done = threading.Semaphore(0)
+    settings = [Sampling(0.5, 3, 0.9, 11), Sampling(0.0), Sampling(1.2, 0, 1.0, 12)]
+    jobs = [Job([1, 2], 3, s, lambda kind, value: kind != "tokens" and done.release()) for s in settings]
+    with scheduler.lock:
+        scheduler.submit(jobs)
+    for _ in jobs:
+        assert done.acquire(timeout=30)
+    assert len(scheduler.generator.calls) == 1
+    kwargs = scheduler.generator.kwargs[0]
+    assert kwargs["temperature"][:3] == [0.5, 0.0, 1.2] and kwargs["top_k"][:3] == [3, 0, 0]
+    assert kwargs["seed"][0] == 11 and kwargs["seed"][2] == 12 and len(kwargs["seed"]) == 4  # padded to 4 rows
+    other = Job([1], 1, Sampling(stop_ids=(5,)), lambda kind, value: None)
+    assert scheduler.batch_key(other) != scheduler.batch_key(jobs[0])  # one set of stop ids per call
 
 
 def test_the_queue_has_a_bound(scheduler):
