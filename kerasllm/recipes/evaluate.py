@@ -72,6 +72,7 @@ def _classifier_report(args, config, tokenizer, model):
     from kerasllm.training.baselines import compare, format_comparison
     from kerasllm.training.finetune import evaluate_classifier
     from kerasllm.training.metrics import format_report, plot_confusion_matrix
+    from kerasllm.training.rundir import RunDir
 
     texts, labels = read_labelled(
         args.data,
@@ -80,12 +81,17 @@ def _classifier_report(args, config, tokenizer, model):
     )
     max_length = config.finetune.max_length or config.model.block_size
     report = evaluate_classifier(model, tokenizer, texts, labels, max_length, source=str(args.data))
-    plot = Path(args.plot) if args.plot else Path(args.model) / "eval" / f"{Path(args.data).stem}_confusion.png"
-    plot.parent.mkdir(parents=True, exist_ok=True)
-    report["confusion_png"] = str(plot_confusion_matrix(
-        report["confusion_matrix"], report["labels"], plot, title=f"{Path(args.model).name} on {Path(args.data).name}"
-    ))
-    text = format_report(report) + f"\nconfusion matrix saved to {plot}"
+    plot = Path(args.plot) if args.plot else RunDir(args.model).eval_dir / f"{Path(args.data).stem}_confusion.png"
+    try:  # a read-only run still gets its report: say what could not be written
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        report["confusion_png"] = str(plot_confusion_matrix(
+            report["confusion_matrix"], report["labels"], plot, title=f"{Path(args.model).name} on {Path(args.data).name}"
+        ))
+        saved = f"confusion matrix saved to {plot}"
+    except OSError as error:
+        report["confusion_png"] = None
+        saved = f"confusion matrix not saved: {plot}: {error.strerror or error}"
+    text = format_report(report) + "\n" + saved
     train = _training_examples(config)
     if train is None:
         report["baselines"] = None

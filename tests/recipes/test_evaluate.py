@@ -129,6 +129,10 @@ def test_evaluate_recipe_on_lm_and_classifier_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "macro" in result.stdout and "confusion matrix" in result.stdout
     assert (tmp_path / "clf" / "eval" / "train_confusion.png").is_file()
+    unwritable = run_module("kerasllm.recipes.evaluate", "--model", tmp_path / "clf", "--data", tmp_path / "train.tsv",
+                            "--plot", "/proc/kerasllm/confusion.png")
+    assert unwritable.returncode == 0 and "macro" in unwritable.stdout  # the report first, then what failed
+    assert "confusion matrix not saved: /proc/kerasllm/confusion.png" in unwritable.stdout
 
     (tmp_path / "other.tsv").write_text("sentence\tlabel\nthe cat\tmaybe\n")
     result = run_module("kerasllm.recipes.evaluate", "--model", tmp_path / "clf", "--data", tmp_path / "other.tsv")
