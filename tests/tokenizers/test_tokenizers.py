@@ -127,13 +127,14 @@ def test_subwords_on_hongloumeng_beat_characters(shared_data):
     assert sp.decode(sp.encode(held_out)) == held_out
     jieba = get_tokenizer_class("jieba").train([train], vocab_size=20000)
     sample = held_out[:5000]
-    expected = "".join(c if c in set(train) else "\ufffd" for c in sample)  # unseen chars: <unk>
+    seen_chars = set(train)
+    expected = "".join(c if c in seen_chars else "\ufffd" for c in sample)  # unseen chars: <unk>
     python_ids = jieba.encode(sample)
     assert len(python_ids) < 0.8 * len(sample)
     assert jieba.decode(python_ids) == expected
     # serving segments by forward maximum matching: close to jieba, not identical (and a Han
     # run holding an unseen character is one <unk>, so compare on seen characters)
-    seen = "".join(c for c in sample if c in set(train))
+    seen = "".join(c for c in sample if c in seen_chars)
     graph_ids = jieba.tf_encode(tf.constant(seen)).numpy()
     assert jieba.decode(graph_ids) == seen
     python_ids = jieba.encode(seen)
