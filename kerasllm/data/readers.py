@@ -38,7 +38,7 @@ def _read_nonempty(path):
     return text
 
 
-def _pick(path, available, wanted, defaults, what, option):
+def pick_column(path, available, wanted, defaults, what, option):
     """The column/field to use: `wanted` if given (must exist), else the first default found."""
     if wanted:
         if wanted not in available:
@@ -160,8 +160,8 @@ def read_labelled(path, text_column=None, label_column=None):
     fields, rows = _rows(path)
     if not rows:
         raise DataError(f"{path}: no rows after the header; expected labelled examples")
-    text_key = _pick(path, fields, text_column, TEXT_NAMES, "column" if fields else "field", "text_column")
-    label_key = _pick(path, fields, label_column, LABEL_NAMES, "column", "label_column")
+    text_key = pick_column(path, fields, text_column, TEXT_NAMES, "column" if fields else "field", "text_column")
+    label_key = pick_column(path, fields, label_column, LABEL_NAMES, "column", "label_column")
     texts, labels = [], []
     for line, record in rows:
         text = _field(path, line, record, text_key)
@@ -238,7 +238,7 @@ def read_documents(path, text_field=None):
     for file in paths:
         if file.suffix.lower() in TABLE_SUFFIXES:
             fields, rows = _rows(file)
-            key = _pick(file, fields, text_field, TEXT_NAMES, "field" if file.suffix.lower() == ".jsonl" else "column", "text_field")
+            key = pick_column(file, fields, text_field, TEXT_NAMES, "field" if file.suffix.lower() == ".jsonl" else "column", "text_field")
             documents.extend(
                 text for line, record in rows if (text := _field(file, line, record, key)).strip()
             )

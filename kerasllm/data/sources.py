@@ -33,12 +33,12 @@ import tempfile
 from pathlib import Path
 
 from kerasllm.data.corpus import REGISTERED_DATASETS, resolve_paths
+from kerasllm.data.readers import TEXT_NAMES, pick_column
 from kerasllm.errors import DataError
 
 Piece = collections.namedtuple("Piece", "text first last")
 
 BLOCK = 1 << 20  # bytes of a text file read at a time
-TEXT_NAMES = ("text", "sentence", "review", "content", "document", "body", "comment", "sentence1")
 COMPRESSIONS = (".gz", ".bz2", ".zst")
 ROW_FORMATS = (".jsonl", ".csv", ".tsv", ".parquet")
 
@@ -230,20 +230,7 @@ def _cut(text):
 
 def _pick(path, available, wanted, what):
     """The field/column holding the text: `wanted` (must exist), else a common name."""
-    if wanted:
-        if wanted not in available:
-            raise DataError(
-                f"{path}: no {what} {wanted!r} (text_field); the file has: {', '.join(map(repr, available))}"
-            )
-        return wanted
-    lowered = {str(name).strip().lower(): name for name in available}
-    for name in TEXT_NAMES:
-        if name in lowered:
-            return lowered[name]
-    raise DataError(
-        f"{path}: cannot tell which {what} holds the text; the file has {', '.join(map(repr, available))}; "
-        f"pass text_field= (tried {', '.join(TEXT_NAMES)})"
-    )
+    return pick_column(path, available, wanted, TEXT_NAMES, what, "text_field")
 
 
 def _as_text(value):
