@@ -296,7 +296,13 @@ def build_store(directory, data, tokenizer, total_bytes=0, log=print):
     """
     with store_lock(directory):
         if (directory / INDEX_FILE).is_file():
-            return TokenStore(directory), False
+            store = TokenStore(directory)
+            problem = store.problem(tokenizer.vocabulary_size)
+            if problem is None:
+                return store, False
+            log(f"data: the token store is damaged ({problem}); building it again")
+            shutil.rmtree(directory)
+            directory.mkdir(parents=True)
         remove_temporary_files(directory)
         tokenizer.save(directory / STORE_TOKENIZER_DIR)
         dtype = id_dtype(tokenizer.vocabulary_size)

@@ -179,6 +179,22 @@ class TokenStore:
     def __len__(self):
         return int(self.index["tokens"])
 
+    def problem(self, vocabulary_size):
+        """Why this store cannot feed a model of `vocabulary_size` ids (a shard of the wrong
+        size, or an id out of range), or None. Reads every shard once, in chunks."""
+        if self.index.get("vocabulary_size") not in (None, vocabulary_size):
+            return f"built for {self.index['vocabulary_size']} token ids, the tokenizer has {vocabulary_size}"
+        for i, shard in enumerate(self.index["shards"]):
+            path = self.directory / shard["file"]
+            if not path.is_file() or path.stat().st_size != shard["tokens"] * self.dtype.itemsize:
+                return f"{path}: missing or of the wrong size"
+            ids = self.shard(i)
+            for start in range(0, len(ids), 1 << 24):
+                top = int(ids[start:start + (1 << 24)].max(initial=0))
+                if top >= vocabulary_size:
+                    return f"{path}: holds id {top}, outside the tokenizer's {vocabulary_size} ids"
+        return None
+
     @property
     def documents(self):
         return int(self.index["documents"])

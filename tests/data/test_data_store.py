@@ -64,3 +64,21 @@ def test_incomplete_shards_are_not_counted(tmp_path):
     assert not list(tmp_path.glob("*.tmp*"))
     with pytest.raises(DataError, match="not a complete token store"):
         TokenStore(tmp_path)
+
+
+def test_a_store_with_an_id_out_of_range_is_rebuilt(tmp_path):
+    from kerasllm.config import DataConfig
+    from kerasllm.data.prepare import prepare_lm_data
+
+    (tmp_path / "corpus.txt").write_text("to be or not to be, that is the question\n" * 50, encoding="utf-8")
+    data = DataConfig(dataset=str(tmp_path / "corpus.txt"), cache_dir=str(tmp_path / "cache"), num_proc=1)
+    first = prepare_lm_data(data, log=lambda *_: None)
+    vocab = first.tokenizer.vocabulary_size
+    shard = first.store.directory / first.store.index["shards"][0]["file"]
+    ids = np.fromfile(shard, dtype=first.store.dtype)
+    ids[3] = vocab + 7  # a damaged cache: an id no model row exists for
+    ids.tofile(shard)
+    lines = []
+    again = prepare_lm_data(data, log=lines.append)
+    assert any("token store is damaged" in line and f"id {vocab + 7}" in line for line in lines), lines
+    assert int(np.asarray(again.train_ids).max()) < vocab
