@@ -143,25 +143,31 @@ def test_sentencepiece_with_more_characters_than_vocabulary_falls_back_to_bytes(
 
 @pytest.mark.slow
 def test_preparing_a_few_hundred_megabytes_stays_in_bounded_memory(tmp_path):
-    """The old in-memory path took ~20 bytes of RSS per byte of text (4 GB for 200 MB)."""
+    """Peak memory does not grow with the corpus: the old in-memory path took ~20 bytes of RSS
+    per byte of text (+3 GB from 50 to 200 MB)."""
     rng = np.random.default_rng(0)
     words = np.array(["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "\n"])
     chunk = " ".join(rng.choice(words, size=200_000))
-    size = 0
-    with open(tmp_path / "big.txt", "w", encoding="utf-8") as f:
-        while size < 200e6:
-            f.write(chunk)
-            size += len(chunk)
-    script = (
-        "import resource, sys; from kerasllm.recipes.prepare import main; "
-        "main(sys.argv[1:]); print('peak', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
-    )
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO_ROOT))
-    done = subprocess.run([sys.executable, "-c", script, "--data", str(tmp_path / "big.txt"), "--set",
-                           f'data.cache_dir="{tmp_path / "cache"}"', "--set", "data.num_proc=2"],
-                          env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr
-    peak = int(done.stdout.split("peak ")[1])
-    # About 1.0 GB on a quiet 2-core CPU; one parallel CI run saw 2.57 GB (not reproduced since:
-    # see benchmarks/RESULTS.md, token store). The old in-memory path needed over 4 GB here.
-    assert peak < 3e9, f"peak RSS {peak / 1e9:.2f} GB preparing 200 MB"
+
+    def peak_preparing(megabytes):
+        path, size = tmp_path / f"big{megabytes}.txt", 0
+        with open(path, "w", encoding="utf-8") as f:
+            while size < megabytes * 1e6:
+                f.write(chunk)
+                size += len(chunk)
+        script = (
+            "import resource, sys; from kerasllm.recipes.prepare import main; "
+            "main(sys.argv[1:]); print('peak', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+        )
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO_ROOT))
+        done = subprocess.run([sys.executable, "-c", script, "--data", str(path), "--set",
+                               f'data.cache_dir="{tmp_path / "cache"}"', "--set", "data.num_proc=2"],
+                              env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr
+        return int(done.stdout.split("peak ")[1])
+
+    small, large = peak_preparing(50), peak_preparing(200)
+    # Quiet 2-core CPU: about 1.0 GB for 200 MB. Inside the parallel suite the absolute peak has
+    # been seen up to 3.07 GB (unexplained; see benchmarks/RESULTS.md, token store), so what is
+    # asserted is the property itself: 4x the text, about the same memory.
+    assert large - small < 1e9, f"peak RSS {small / 1e9:.2f} GB for 50 MB, {large / 1e9:.2f} GB for 200 MB"
