@@ -38,12 +38,20 @@ def _read_nonempty(path):
     return text
 
 
+# How a user names each option: the config key, and the flag where a CLI has one.
+OPTION_NAMES = {
+    "text_column": "finetune.text_column or --text-column",
+    "label_column": "finetune.label_column or --label-column",
+    "text_field": "data.text_field",
+}
+
+
 def pick_column(path, available, wanted, defaults, what, option):
     """The column/field to use: `wanted` if given (must exist), else the first default found."""
     if wanted:
         if wanted not in available:
             raise DataError(
-                f"{path}: no {what} {wanted!r} ({option}); the file has: "
+                f"{path}: no {what} {wanted!r} ({OPTION_NAMES.get(option, option)}); the file has: "
                 f"{', '.join(map(repr, available))}"
             )
         return wanted
@@ -53,7 +61,7 @@ def pick_column(path, available, wanted, defaults, what, option):
             return lowered[name]
     raise DataError(
         f"{path}: cannot tell which {what} holds the {option.split('_')[0]}; the file has "
-        f"{', '.join(map(repr, available))}; pass {option}= (tried {', '.join(defaults)})"
+        f"{', '.join(map(repr, available))}; set {OPTION_NAMES.get(option, option)} (tried {', '.join(defaults)})"
     )
 
 

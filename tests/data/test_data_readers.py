@@ -25,7 +25,7 @@ def test_jsonl_labelled_and_explicit_columns(tmp_path):
         {"body": "great", "stars": "pos"}, {"body": "awful", "stars": "neg"},
     ]) + "\n")
     assert read_labelled(path, "body", "stars") == (["great", "awful"], ["pos", "neg"])
-    with pytest.raises(DataError, match=r"data.jsonl: no column 'txt' \(text_column\); the file has: 'body', 'stars'"):
+    with pytest.raises(DataError, match=r"data.jsonl: no column 'txt' \(finetune.text_column or --text-column\); the file has: 'body', 'stars'"):
         read_labelled(path, text_column="txt", label_column="stars")
     with pytest.raises(DataError, match="cannot tell which column holds the label"):
         read_labelled(path, text_column="body")

@@ -101,5 +101,5 @@ def test_skip_mode_skips_and_counts_bad_rows_and_files(tmp_path):
 def test_unknown_text_field_lists_the_fields(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"body": "x", "id": 1}\n')
     assert [p.text for p in iter_pieces(tmp_path)] == ["x"]
-    with pytest.raises(DataError, match=r"a.jsonl: no field 'txt' \(text_field\); the file has: 'body', 'id'"):
+    with pytest.raises(DataError, match=r"a.jsonl: no field 'txt' \(data.text_field\); the file has: 'body', 'id'"):
         list(iter_pieces(tmp_path, text_field="txt"))
