@@ -155,3 +155,26 @@ def run_cli(main, argv=None):
     finally:
         uninstall_quiet_import()
     sys.exit(code or 0)
+
+
+def recipe_parser(prog, description, data_help="a text file, a directory or glob of text files"):
+    """An argument parser with the `--recipe` and `--data` options of the training recipes,
+    listing every config key for `--set` in its epilog."""
+    import argparse
+
+    from kerasllm.config import describe_keys
+    from kerasllm.data.corpus import dataset_names
+
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys for --set:\n" + describe_keys(),
+    )
+    parser.add_argument(
+        "--recipe", default="default",
+        help="a recipe TOML file, or the name of a file in recipes/ (default: default)",
+    )
+    parser.add_argument(
+        "--data", default=None,
+        help=f"{data_help}, or a dataset name ({', '.join(dataset_names())}); overrides data.dataset",
+    )
+    return parser

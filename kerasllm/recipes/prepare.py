@@ -10,28 +10,15 @@ Killed and run again, it resumes from the last complete shard. `pretrain` with t
 settings then reuses the store instead of tokenizing again.
 """
 
-import argparse
 
-from kerasllm.config import describe_keys, load_config
-from kerasllm.data.corpus import dataset_names
-from kerasllm.recipes.cli import run_cli
+from kerasllm.config import load_config
+from kerasllm.recipes.cli import recipe_parser, run_cli
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m kerasllm.recipes.prepare",
-        description="Tokenize a corpus into a sharded, memory-mapped token store.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config keys for --set:\n" + describe_keys(),
-    )
-    parser.add_argument(
-        "--recipe", default="default",
-        help="a recipe TOML file, or the name of a file in recipes/ (default: default)",
-    )
-    parser.add_argument(
-        "--data", default=None,
-        help="a file, a directory or glob of files, or a dataset name "
-        f"({', '.join(dataset_names())}); overrides data.dataset",
+    parser = recipe_parser(
+        "python -m kerasllm.recipes.prepare", "Tokenize a corpus into a sharded, memory-mapped token store.",
+        data_help="a file, a directory or glob of files",
     )
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

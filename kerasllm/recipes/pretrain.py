@@ -7,30 +7,17 @@ With no arguments this trains `recipes/default.toml`: a small character-level GP
 built-in `python-stdlib` corpus (no download), in a few minutes on a laptop CPU.
 """
 
-import argparse
 import time
 from pathlib import Path
 
-from kerasllm.config import describe_keys, load_config
-from kerasllm.data.corpus import dataset_names
-from kerasllm.recipes.cli import add_verbose_flag, run_cli
+from kerasllm.config import load_config
+from kerasllm.recipes.cli import add_verbose_flag, recipe_parser, run_cli
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m kerasllm.recipes.pretrain",
-        description="Pretrain a GPT or LSTM language model and write a run directory.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config keys for --set:\n" + describe_keys(),
-    )
-    parser.add_argument(
-        "--recipe", default="default",
-        help="a recipe TOML file, or the name of a file in recipes/ (default: default)",
-    )
-    parser.add_argument(
-        "--data", default=None,
-        help="a text file, a directory or glob of text files, or a dataset name "
-        f"({', '.join(dataset_names())}); overrides data.dataset",
+    parser = recipe_parser(
+        "python -m kerasllm.recipes.pretrain", "Pretrain a GPT or LSTM language model and write a run directory.",
+        data_help="a text file, a directory or glob of text files",
     )
     parser.add_argument(
         "--output", default=None,
