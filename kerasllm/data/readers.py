@@ -93,18 +93,27 @@ def _table_rows(path, text):
     return header, rows
 
 
+def parse_jsonl_line(path, number, line):
+    """The JSON object on line `number` of a .jsonl file (None for a blank line); anything else
+    is a `DataError` naming the file and line."""
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}, line {number}: not valid JSON ({error.msg}, column {error.colno})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
 def _jsonl_rows(path, text):
     """(field names of the first record, [(line_number, record)]) of a .jsonl file."""
     rows, fields = [], None
     for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
+        record = parse_jsonl_line(path, number, line)
+        if record is None:
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}, line {number}: not valid JSON ({error.msg}, column {error.colno})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
         if fields is None:
             fields = list(record)
         rows.append((number, record))

@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 
 from kerasllm.data.corpus import REGISTERED_DATASETS, resolve_paths
-from kerasllm.data.readers import TEXT_NAMES, pick_column
+from kerasllm.data.readers import TEXT_NAMES, parse_jsonl_line, pick_column
 from kerasllm.errors import DataError
 
 Piece = collections.namedtuple("Piece", "text first last")
@@ -277,15 +277,7 @@ def _json_line(path, number, offset, line):
         raise DataError(
             f"{path}: not valid UTF-8 (byte offset {offset + error.start}, line {number}); convert it to UTF-8 first"
         ) from None
-    if not text.strip():
-        return None
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}, line {number}: not valid JSON ({error.msg}, column {error.colno})") from None
-    if not isinstance(record, dict):
-        raise DataError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
-    return record
+    return parse_jsonl_line(path, number, text)
 
 
 def _table_pieces(path, compression, text_field, on_error, stats, base):
