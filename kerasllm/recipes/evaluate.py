@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from kerasllm.errors import ConfigError
+from kerasllm.errors import ConfigError, DataError
 from kerasllm.recipes.cli import run_cli
 
 
@@ -52,9 +52,10 @@ def main(argv=None):
         block = config.model.block_size
         if stride and stride > block:
             raise ConfigError(f"--stride {stride}: expected at most the context length {block}")
-        report = language_model_report(
-            model, tokenizer, read_text_file(args.data), block, stride=stride, batch_size=args.batch_size
-        )
+        text = read_text_file(args.data)
+        if len(tokenizer.encode(text[:4096])) < 2:
+            raise DataError(f"{args.data}: has fewer than 2 tokens; expected text to score")
+        report = language_model_report(model, tokenizer, text, block, stride=stride, batch_size=args.batch_size)
         text = (
             f"loss {report['loss']:.4f} nats/token, perplexity {report['perplexity']:.2f}, "
             f"{report['bits_per_token']:.4f} bits/token, {report['bits_per_char']:.4f} bits/char\n"

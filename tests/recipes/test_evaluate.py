@@ -118,6 +118,10 @@ def test_evaluate_recipe_on_lm_and_classifier_runs(tmp_path):
     assert report["perplexity"] == pytest.approx(np.exp(report["loss"]), rel=1e-6)
     assert report["bits_per_char"] == pytest.approx(report["bits_per_token"])  # char tokenizer
     assert report["stride"] == 4 and report["scored_tokens"] == report["tokens"] - 1
+    (tmp_path / "empty.txt").write_text("")
+    empty = run_module("kerasllm.recipes.evaluate", "--model", tmp_path / "lm", "--data", tmp_path / "empty.txt")
+    assert empty.returncode == 2 and f"{tmp_path / 'empty.txt'}: has fewer than 2 tokens" in empty.stderr
+    assert "Traceback" not in empty.stderr
 
     (tmp_path / "train.tsv").write_text("sentence\tlabel\n" + "the cat\tpos\nthe hat\tneg\n" * 10)
     ft = Config(name="t")
