@@ -23,7 +23,7 @@ import keras
 
 from kerasllm._keras_compat import multi_worker_reductions
 from kerasllm.data import lm_dataset
-from kerasllm.data.prepare import prepare_lm_data
+from kerasllm.data.mixture import Mixture, mixture_datasets, prepare_training_data
 from kerasllm.errors import ConfigError, Interrupted, RunError
 from kerasllm.generation import Generator
 from kerasllm.models import build_model
@@ -44,8 +44,9 @@ DATA_KEYS_FREE_ON_RESUME = ("cache", "cache_dir")
 def prepare_data(config, tokenizer=None, log=print):
     """Reads and cleans the corpus, splits it, trains (or reuses, or loads from the cache) the
     tokenizer and encodes both splits once into the on-disk token cache
-    (`kerasllm.data.prepare.prepare_lm_data`)."""
-    return prepare_lm_data(config.data, tokenizer=tokenizer, log=log)
+    (`kerasllm.data.prepare.prepare_lm_data`; a `[[data.sources]]` mixture: each source its
+    own store, `kerasllm.data.mixture.prepare_mixture`)."""
+    return prepare_training_data(config.data, tokenizer=tokenizer, log=log)
 
 
 def compile_model(model, config, policy="float32", jit_compile=None):
@@ -311,6 +312,8 @@ def _datasets(config, data):
     """`(train_ds(start_batch), val_ds)`: the shuffled training stream from a data position,
     and validation windows spread evenly over the whole split (not its first pages), so
     `eval_steps` batches estimate the loss of all of it."""
+    if isinstance(data.train_ids, Mixture):  # windows of each source, dealt by weight
+        return mixture_datasets(config, data.train_ids, data.val_ids)
     train, block = config.train, config.model.block_size
     val_stride = max(block, (len(data.val_ids) - block - 1) // max(1, train.eval_steps * train.batch_size))
     val_ds = lm_dataset(
