@@ -257,12 +257,13 @@ def mixture_validation_dataset(mixture, block_size, batch_size, batches, seed=13
     return _batches_dataset(load, 0, batches, batch_size, block_size, mixture.dtype)
 
 
-def mixture_datasets(config, train_mixture, val_mixture, num_shards=1, shard_index=0):
-    """`(train_ds(start_batch), val_ds)` of a pretraining run on a mixture (`kerasllm.training.run`)."""
+def mixture_datasets(config, train_mixture, val_mixture):
+    """`(train_ds(start_batch, num_shards, shard_index), val_ds)` of a pretraining run on a
+    mixture (`kerasllm.training.run`)."""
     train, block = config.train, config.model.block_size
     val_ds = mixture_validation_dataset(val_mixture, block, train.batch_size, train.eval_steps, config.data.seed)
 
-    def train_ds(start_batch):
+    def train_ds(start_batch, num_shards=1, shard_index=0):
         return mixture_dataset(
             train_mixture, block, train.batch_size // train.grad_accum_steps, stride=config.data.stride,
             seed=config.data.seed, start_batch=start_batch, num_shards=num_shards, shard_index=shard_index,
