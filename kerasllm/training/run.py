@@ -276,6 +276,8 @@ def _fingerprints(config, tokenizer):
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     data = {k: v for k, v in dataclasses.asdict(config.data).items() if k not in DATA_KEYS_FREE_ON_RESUME}
+    if not data["sources"]:
+        del data["sources"]  # a single-source run keeps the fingerprint it had before mixtures
     return {"model": digest(dataclasses.asdict(config.model)), "tokenizer": tokenizer.fingerprint(), "data": digest(data)}
 
 
