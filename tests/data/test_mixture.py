@@ -167,3 +167,18 @@ def test_a_missing_source_is_named_before_any_source_is_read(tmp_path):
     with pytest.raises(DataError, match=r"^data.sources\[1\].dataset = '.*nope.txt': .*no such file"):
         prepare_training_data(data, **QUIET)
     assert not (tmp_path / "cache").exists()  # nothing tokenized, not even source 0
+
+
+def test_the_prepare_command_builds_every_store_of_a_mixture_recipe(tmp_path, capsys):
+    from kerasllm.errors import ConfigError
+    from kerasllm.recipes.prepare import main
+
+    latin, digits = write_sources(tmp_path / "data")
+    recipe = tmp_path / "mix.toml"
+    recipe.write_text(f'[data]\ncache_dir = "{tmp_path / "cache"}"\nnum_proc = 1\n\n'
+                      f'[[data.sources]]\ndataset = "{latin}"\n\n[[data.sources]]\ndataset = "{digits}"\nweight = 2\n')
+    main(["--recipe", str(recipe)])
+    stores = [line for line in capsys.readouterr().out.splitlines() if line.startswith("token store:")]
+    assert len(stores) == 2 and all(str(tmp_path / "cache") in line for line in stores)
+    with pytest.raises(ConfigError, match="data.dataset = .* and 2 \\[\\[data.sources\\]\\] are both set"):
+        main(["--recipe", str(recipe), "--data", str(latin)])
