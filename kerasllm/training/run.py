@@ -23,8 +23,8 @@ import keras
 
 from kerasllm._keras_compat import multi_worker_reductions
 from kerasllm.data import lm_dataset
-from kerasllm.data.pipeline import per_worker_dataset
 from kerasllm.data.mixture import Mixture, mixture_datasets, prepare_training_data
+from kerasllm.data.pipeline import per_worker_dataset
 from kerasllm.errors import ConfigError, Interrupted, RunError
 from kerasllm.generation import Generator
 from kerasllm.models import build_model

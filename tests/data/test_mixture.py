@@ -18,7 +18,7 @@ from kerasllm.data.mixture import (
 from kerasllm.data.prepare import prepare_lm_data
 from kerasllm.errors import DataError
 
-QUIET = dict(log=lambda *_: None)
+QUIET = {"log": lambda *_: None}
 
 
 def batches(dataset, n):
