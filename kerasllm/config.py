@@ -24,11 +24,30 @@ that tie keys together (`model.n_embd` divisible by `model.n_head`, `train.batch
 too, as `_rule` functions. `load_config` runs `Config.validate()` after the overrides, before
 anything reads data, so each mistake is one line naming the key and the file or `--set`
 that set it.
+
+A mixture lists its corpora as an array of tables inside `[data]`, each its own token store:
+
+```toml
+[[data.sources]]
+dataset = "books/*.txt"
+weight = 3.0
+
+[[data.sources]]
+dataset = "code.jsonl"
+text_field = "content"
+```
+
+`--set` reaches an entry by its index from 0 (`--set data.sources[1].weight=2`; the index one
+past the last adds an entry), or replaces the whole list with a TOML array of inline tables
+(`--set 'data.sources=[{dataset = "a.txt"}, {dataset = "b.txt", weight = 2}]'`, `[]`: none).
+An error names the entry (`data.sources[1].weight`).
 """
 
+import copy
 import dataclasses
 import math
 import os
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -106,10 +125,8 @@ class _Section:
         this, so a table made in Python is held to the same rules as a recipe file.
         """
         name = _SECTION_NAMES[type(self)]
-        for f in dataclasses.fields(self):
-            problem = _value_problem(f"{name}.{f.name}", f, getattr(self, f.name))
-            if problem:
-                raise ConfigError(problem)
+        for _, problem in _table_problems(name, self):
+            raise ConfigError(problem)
         for keys, sections, check in _RULES:
             if sections == (name,):
                 problem = check(self)
@@ -159,6 +176,25 @@ class ModelConfig(_Section):
 
 
 @dataclass
+class SourceConfig:
+    """One corpus of a mixture (a `[[data.sources]]` table), tokenized into its own store."""
+
+    dataset: str = _opt("", "registered dataset name, text file, directory or glob (required)")
+    weight: float = _opt(1.0, "share of the training windows drawn from this source, relative to the others", bounds="> 0")
+    text_field: str = _opt("", "JSONL field / CSV column holding the text; '': data.text_field")
+
+    def problems(self, key):
+        """`(key, message)` for each value of this entry out of range, `key` its `data.sources[i]`."""
+        if not self.dataset.strip():
+            yield f"{key}.dataset", (f"{key}.dataset is missing: each [[data.sources]] table needs "
+                                     'dataset = "FILE, DIRECTORY, GLOB or NAME"')
+        for f in dataclasses.fields(self):
+            problem = _value_problem(f"{key}.{f.name}", f, getattr(self, f.name))
+            if problem:
+                yield f"{key}.{f.name}", problem
+
+
+@dataclass
 class DataConfig(_Section):
     """Where the text comes from and how it becomes token windows."""
 
@@ -191,6 +227,10 @@ class DataConfig(_Section):
     )
     on_error: str = _choice("raise", ["raise", "skip"], "a bad file or row: stop with an error, or skip and count it")
     shard_mb: float = _opt(16.0, "MB of text per token-store shard (the unit of parallel work and of resuming)")
+    sources: list = field(default_factory=list, metadata={"help": (
+        "a mixture: [[data.sources]] tables {dataset, weight, text_field}, each its own store, sampled by "
+        "weight (leave data.dataset unset); --set data.sources[I].KEY=VALUE, or data.sources=[{...}, ...]"
+    )})
 
 
 @dataclass
@@ -342,7 +382,37 @@ SECTIONS = {
     "export": ExportConfig,
 }
 _SECTION_NAMES = {cls: name for name, cls in SECTIONS.items()}
+SOURCES_KEY = "data.sources"
+_SOURCE_ENTRY_KEY = re.compile(r"^data\.sources\[(\d+)\]\.(\w+)$")
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _table_problems(name, section):
+    """`(key, message)` for each value of table `name` outside its choices or range, entries of
+    `data.sources` included."""
+    for f in dataclasses.fields(section):
+        key = f"{name}.{f.name}"
+        if key == SOURCES_KEY:
+            yield from _sources_problems(section.sources)
+            continue
+        problem = _value_problem(key, f, getattr(section, f.name))
+        if problem:
+            yield key, problem
+
+
+def _sources_problems(sources):
+    seen = {}
+    for index, entry in enumerate(sources):
+        key = f"{SOURCES_KEY}[{index}]"
+        if not isinstance(entry, SourceConfig):
+            yield key, f"{key} = {entry!r}: expected a kerasllm.config.SourceConfig"
+            continue
+        yield from entry.problems(key)
+        spec = (entry.dataset, entry.text_field)
+        if spec in seen:
+            yield f"{key}.dataset", (f"{key}.dataset = {entry.dataset!r} repeats {SOURCES_KEY}[{seen[spec]}]: "
+                                     "list each corpus once and give it the sum of the weights")
+        seen.setdefault(spec, index)
 
 
 def _value_problem(key, f, value):
@@ -552,10 +622,17 @@ class Config:
         return config.validate() if validate else config
 
     def set(self, dotted_key, value, source="--set"):
-        """Sets `section.key` to `value` (already parsed), checking the key and the type."""
+        """Sets `section.key` (or `data.sources[I].key`) to `value` (already parsed), checking
+        the key and the type."""
         section_name, _, key = dotted_key.partition(".")
         if dotted_key == "name":
             self.name = _coerce(source, "name", str, value)
+            return
+        if dotted_key == SOURCES_KEY:
+            self._set_sources(value, source)
+            return
+        if dotted_key.startswith(SOURCES_KEY + "["):
+            self._set_source_entry(dotted_key, value, source)
             return
         if section_name not in SECTIONS or not key:
             raise ConfigError(
@@ -578,6 +655,47 @@ class Config:
         self._sources.pop(dotted_key, None)
         self._sources[dotted_key] = (source, value)
 
+    def _set_sources(self, value, source):
+        """`data.sources` as a whole: a list of tables (TOML `[[data.sources]]` or inline)."""
+        if not isinstance(value, list) or not all(isinstance(entry, dict) for entry in value):
+            raise ConfigError(
+                f"{source}: {SOURCES_KEY} must be an array of tables ([[data.sources]] in a file, "
+                f"[{{dataset = \"...\", weight = 1.0}}, ...] with --set), got {value!r}"
+            )
+        for stale in [k for k in self._sources if k == SOURCES_KEY or k.startswith(SOURCES_KEY + "[")]:
+            del self._sources[stale]
+        self.data.sources = []
+        for index, entry in enumerate(value):
+            self.data.sources.append(SourceConfig())
+            for key, item in entry.items():
+                self._set_source_entry(f"{SOURCES_KEY}[{index}].{key}", item, source)
+        self._sources[SOURCES_KEY] = (source, copy.deepcopy(self.data.sources))
+
+    def _set_source_entry(self, dotted_key, value, source):
+        """`data.sources[I].KEY`: of an existing entry, or of a new one when I is one past the last."""
+        match = _SOURCE_ENTRY_KEY.match(dotted_key)
+        fields = {f.name: f for f in dataclasses.fields(SourceConfig)}
+        if match is None:
+            raise ConfigError(f"{source}: unknown key '{dotted_key}'; expected {SOURCES_KEY}[INDEX].KEY with "
+                              f"KEY one of {', '.join(fields)}, e.g. {SOURCES_KEY}[0].weight")
+        index, key = int(match.group(1)), match.group(2)
+        sources = self.data.sources
+        if index > len(sources):
+            raise ConfigError(f"{source}: {dotted_key}: there are {len(sources)} sources, "
+                              f"{SOURCES_KEY}[0] to [{len(sources) - 1}]; index {len(sources)} adds one")
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown key '{dotted_key}'; a [[data.sources]] table has keys: "
+                              f"{', '.join(fields)}")
+        value = _coerce(source, dotted_key, typing.get_type_hints(SourceConfig)[key], value)
+        problem = _value_problem(dotted_key, fields[key], value)
+        if problem:
+            raise ConfigError(f"{source}: {problem}")
+        if index == len(sources):
+            sources.append(SourceConfig())
+        setattr(sources[index], key, value)
+        self._sources.pop(dotted_key, None)
+        self._sources[dotted_key] = (source, value)
+
     def validate(self):
         """Checks every key's choices and range and every rule across keys; returns the config.
 
@@ -593,12 +711,16 @@ class Config:
         kerasllm.errors.ConfigError: --set model.n_head=3: model.n_embd = 128 must be divisible by model.n_head = 3
         """
         for section_name in SECTIONS:
-            section = getattr(self, section_name)
-            for f in dataclasses.fields(section):
-                key = f"{section_name}.{f.name}"
-                problem = _value_problem(key, f, getattr(section, f.name))
-                if problem:
-                    raise ConfigError(self._where(key) + problem)
+            for key, problem in _table_problems(section_name, getattr(self, section_name)):
+                raise ConfigError(self._where_entry(key) + problem)
+        default_dataset = DataConfig.__dataclass_fields__["dataset"].default
+        if self.data.sources and self.data.dataset != default_dataset:
+            raise ConfigError(
+                self._where("data.dataset", SOURCES_KEY)
+                + f"data.dataset = {self.data.dataset!r} and {len(self.data.sources)} [[data.sources]] are both "
+                "set: a mixture reads only its sources; add it as a source, or drop the sources "
+                "(--set data.sources=[])"
+            )
         for keys, sections, check in _RULES:
             problem = check(*(getattr(self, name) for name in sections))
             if problem:
@@ -606,12 +728,28 @@ class Config:
         return self
 
     def source_of(self, key):
-        """The file or `--set` that set `key` ("section.key") to its current value, or None."""
-        section_name, _, name = key.partition(".")
+        """The file or `--set` that set `key` ("section.key", "data.sources[I].key") to its
+        current value, or None."""
         source, value = self._sources.get(key, (None, None))
-        if source is None or getattr(getattr(self, section_name), name) != value:
+        if source is None or self._current(key) != value:
             return None
         return source
+
+    def _current(self, key):
+        match = _SOURCE_ENTRY_KEY.match(key)
+        if match is not None:
+            index = int(match.group(1))
+            return getattr(self.data.sources[index], match.group(2)) if index < len(self.data.sources) else None
+        section_name, _, name = key.partition(".")
+        return getattr(getattr(self, section_name), name)
+
+    def _where_entry(self, key):
+        """`_where(key)`, or for a key of a `data.sources` entry that nothing set (a missing
+        dataset), where the entry's other keys came from."""
+        entry = key.rpartition(".")[0] + "." if _SOURCE_ENTRY_KEY.match(key) else None
+        if self._where(key) or entry is None:
+            return self._where(key)
+        return self._where(*[k for k in self._sources if k.startswith(entry)])
 
     def _where(self, *keys):
         """`"SOURCE: "` of the key among `keys` set last, or "" when none was set from outside
@@ -637,8 +775,13 @@ class Config:
         for section_name in SECTIONS:
             lines.append("")
             lines.append(f"[{section_name}]")
-            for key, value in dataclasses.asdict(getattr(self, section_name)).items():
+            values = dataclasses.asdict(getattr(self, section_name))
+            entries = values.pop("sources", [])
+            for key, value in values.items():
                 lines.append(f"{key} = {_toml_value(value)}")
+            for entry in entries:  # [[data.sources]] after the [data] keys they belong to
+                lines.extend(["", f"[[{SOURCES_KEY}]]"])
+                lines.extend(f"{key} = {_toml_value(value)}" for key, value in entry.items())
         return "\n".join(lines) + "\n"
 
     def save(self, path):
@@ -755,9 +898,17 @@ def describe_keys():
     lines = []
     for section_name, section_cls in SECTIONS.items():
         for f in dataclasses.fields(section_cls):
-            choices, bounds = f.metadata.get("choices"), f.metadata.get("bounds")
-            kind = " | ".join(choices) if choices else typing.get_type_hints(section_cls)[f.name].__name__
-            if bounds is not None:
-                kind += f" {bounds}"
-            lines.append(f"  {section_name}.{f.name} ({kind}, default {f.default!r}): {f.metadata.get('help', '')}")
+            if f"{section_name}.{f.name}" == SOURCES_KEY:
+                lines.append(f"  {SOURCES_KEY} (array of tables, default []): {f.metadata['help']}")
+                lines.extend(_key_line(f"{SOURCES_KEY}[I]", SourceConfig, g) for g in dataclasses.fields(SourceConfig))
+                continue
+            lines.append(_key_line(section_name, section_cls, f))
     return "\n".join(lines)
+
+
+def _key_line(prefix, cls, f):
+    choices, bounds = f.metadata.get("choices"), f.metadata.get("bounds")
+    kind = " | ".join(choices) if choices else typing.get_type_hints(cls)[f.name].__name__
+    if bounds is not None:
+        kind += f" {bounds}"
+    return f"  {prefix}.{f.name} ({kind}, default {f.default!r}): {f.metadata.get('help', '')}"

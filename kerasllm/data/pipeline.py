@@ -230,6 +230,28 @@ def lm_dataset(
     return dataset
 
 
+def per_worker_dataset(strategy, make):
+    """The training stream under a multi-worker strategy, each worker building only its rows.
+
+    `make(num_shards, shard_index)` returns the dataset of one replica's share of every
+    global batch (`lm_dataset(..., num_shards=, shard_index=)`); each worker makes those of
+    its own replicas (`strategy.distribute_datasets_from_function`), so no worker gathers the
+    windows of another's rows, and together they read exactly the single-worker batches.
+    """
+    replicas = strategy.num_replicas_in_sync
+
+    def dataset_fn(context):
+        local = replicas // context.num_input_pipelines  # replicas on this worker
+        first = context.input_pipeline_id * local
+        parts = [make(replicas, first + j) for j in range(local)]
+        if local == 1:
+            return parts[0]
+        # one element per local replica per step, in replica order
+        return tf.data.Dataset.choose_from_datasets(parts, tf.data.Dataset.range(local).repeat())
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
 def pad_sequences(sequences, max_length, pad_id=0):
     """Truncates/pads id sequences to `(len(sequences), max_length)` int32 ids and a bool mask.
 

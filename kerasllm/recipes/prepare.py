@@ -34,11 +34,11 @@ def main(argv=None):
         overrides.insert(0, "data.dataset=" + '"' + args.data.replace("\\", "\\\\").replace('"', '\\"') + '"')
     config = load_config(args.recipe, overrides)
 
-    from kerasllm.data.prepare import prepare_lm_data  # heavy imports after argument checks
+    from kerasllm.data.mixture import prepare_training_data  # heavy imports after argument checks
 
-    data = prepare_lm_data(config.data)
-    print(f"token store: {data.store.directory} ({len(data.store):,} tokens in "
-          f"{len(data.store.index['shards'])} shards)")
+    data = prepare_training_data(config.data)
+    for store in data.store if isinstance(data.store, list) else [data.store]:  # a mixture: one per source
+        print(f"token store: {store.directory} ({len(store):,} tokens in {len(store.index['shards'])} shards)")
 
 
 if __name__ == "__main__":

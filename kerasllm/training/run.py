@@ -23,7 +23,8 @@ import keras
 
 from kerasllm._keras_compat import multi_worker_reductions
 from kerasllm.data import lm_dataset
-from kerasllm.data.prepare import prepare_lm_data
+from kerasllm.data.mixture import Mixture, mixture_datasets, prepare_training_data
+from kerasllm.data.pipeline import per_worker_dataset
 from kerasllm.errors import ConfigError, Interrupted, RunError
 from kerasllm.generation import Generator
 from kerasllm.models import build_model
@@ -44,8 +45,9 @@ DATA_KEYS_FREE_ON_RESUME = ("cache", "cache_dir")
 def prepare_data(config, tokenizer=None, log=print):
     """Reads and cleans the corpus, splits it, trains (or reuses, or loads from the cache) the
     tokenizer and encodes both splits once into the on-disk token cache
-    (`kerasllm.data.prepare.prepare_lm_data`)."""
-    return prepare_lm_data(config.data, tokenizer=tokenizer, log=log)
+    (`kerasllm.data.prepare.prepare_lm_data`; a `[[data.sources]]` mixture: each source its
+    own store, `kerasllm.data.mixture.prepare_mixture`)."""
+    return prepare_training_data(config.data, tokenizer=tokenizer, log=log)
 
 
 def compile_model(model, config, policy="float32", jit_compile=None):
@@ -147,7 +149,7 @@ def pretrain(config, output_dir, restart=False, overwrite=False, init_from=None,
         state = _run_state(config, resume)
         plan = StepPlan(config.train.max_steps, config.train.eval_interval, config.train.checkpoint_every,
                         config.train.grad_accum_steps, state.batches)
-        train_ds, val_ds = _datasets(config, data)
+        train_ds, val_ds = _datasets(config, data, placement)
         cbs = make_callbacks(
             run, model, config.train, state, resume and resume["info"],
             flops=_flops(config, config.train, placement, log), extra=callbacks, log=log,
@@ -274,6 +276,8 @@ def _fingerprints(config, tokenizer):
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     data = {k: v for k, v in dataclasses.asdict(config.data).items() if k not in DATA_KEYS_FREE_ON_RESUME}
+    if not data["sources"]:
+        del data["sources"]  # a single-source run keeps the fingerprint it had before mixtures
     return {"model": digest(dataclasses.asdict(config.model)), "tokenizer": tokenizer.fingerprint(), "data": digest(data)}
 
 
@@ -307,10 +311,25 @@ def _run_state(config, resume):
     )
 
 
-def _datasets(config, data):
+def _datasets(config, data, placement=None):
     """`(train_ds(start_batch), val_ds)`: the shuffled training stream from a data position,
     and validation windows spread evenly over the whole split (not its first pages), so
-    `eval_steps` batches estimate the loss of all of it."""
+    `eval_steps` batches estimate the loss of all of it. Under `multi_worker` each worker
+    reads only its own rows of every training batch."""
+    if isinstance(data.train_ids, Mixture):  # windows of each source, dealt by weight
+        make_train, val_ds = mixture_datasets(config, data.train_ids, data.val_ids)
+    else:
+        make_train, val_ds = _single_datasets(config, data)
+    if placement is None or placement.kind != "multi_worker" or placement.strategy is None:
+        return (lambda start_batch: make_train(start_batch, 1, 0)), val_ds
+
+    def train_ds(start_batch):
+        return per_worker_dataset(placement.strategy, lambda shards, index: make_train(start_batch, shards, index))
+
+    return train_ds, val_ds
+
+
+def _single_datasets(config, data):
     train, block = config.train, config.model.block_size
     val_stride = max(block, (len(data.val_ids) - block - 1) // max(1, train.eval_steps * train.batch_size))
     val_ds = lm_dataset(
@@ -318,10 +337,12 @@ def _datasets(config, data):
         max_batches=train.eval_steps, name="validation",
     )
 
-    def train_ds(start_batch):  # the same shuffled stream every time; a resumed run skips what it saw
+    # the same shuffled stream every time; a resumed run skips what it saw
+    def train_ds(start_batch, num_shards, shard_index):
         return lm_dataset(
             data.train_ids, block, train.batch_size // train.grad_accum_steps, stride=config.data.stride,
             shuffle=True, repeat=True, seed=config.data.seed, name="train", start_batch=start_batch,
+            num_shards=num_shards, shard_index=shard_index,
         )
 
     return train_ds, val_ds

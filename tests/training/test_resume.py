@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import pytest
 
-import kerasllm.models  # noqa: F401  (registers GPT for load_model)
+import kerasllm.models.gpt  # noqa: F401  (registers GPT for load_model; kerasllm.models imports it lazily)
 from conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -33,8 +33,9 @@ SETTINGS = [
 
 
 def command(corpus, output):
-    args = [sys.executable, "-m", "kerasllm.recipes.pretrain", "--data", str(corpus), "--output", str(output),
-            "--no-sample"]
+    """The pretrain command on `corpus`: a text file (`--data`), or a recipe file (a mixture)."""
+    source = ["--recipe", str(corpus)] if str(corpus).endswith(".toml") else ["--data", str(corpus)]
+    args = [sys.executable, "-m", "kerasllm.recipes.pretrain", *source, "--output", str(output), "--no-sample"]
     for setting in SETTINGS:
         args += ["--set", setting]
     return args
@@ -75,6 +76,21 @@ def corpus(tmp_path_factory):
     path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
     path.write_text(" ".join(rng.choice(words, size=20000)) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="module")
+def mixture(corpus, tmp_path_factory):
+    """A recipe mixing `corpus` (weight 3) with a corpus of other words (weight 1)."""
+    folder = tmp_path_factory.mktemp("mixture")
+    rng = np.random.default_rng(1)
+    other = folder / "other.txt"
+    other.write_text(" ".join(rng.choice(["all", "the", "world", "a", "stage"], size=8000)) + "\n", encoding="utf-8")
+    recipe = folder / "mixture.toml"
+    recipe.write_text(
+        f'name = "mixture"\n\n[[data.sources]]\ndataset = "{corpus}"\nweight = 3\n\n'
+        f'[[data.sources]]\ndataset = "{other}"\n', encoding="utf-8",
+    )
+    return recipe
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +158,24 @@ def test_a_signal_saves_a_checkpoint_and_resumes_mid_interval(corpus, reference,
     # --restart deletes the old run completely: only the new run's checkpoints remain.
     steps = sorted(json.loads(p.read_text())["step"] for p in (output / "checkpoints").glob("ckpt-*.json"))
     assert steps and max(steps) == 5, steps
+
+
+def test_a_mixture_killed_and_resumed_sees_the_batches_of_an_uninterrupted_run(mixture, tmp_path):
+    reference = tmp_path / "reference"
+    result = run(mixture, reference)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "data: a mixture of 2 sources" in result.stdout
+    output = tmp_path / "run"
+    code, _ = start_and_interrupt(mixture, output, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    result = run(mixture, output)
+    assert result.returncode == 0, result.stderr[-3000:]
+    step = resumed_step(result.stdout)
+    assert 20 <= step < MAX_STEPS
+    assert_same_run(output, reference, step)  # same losses after the resume point, same weights
+
+    reweighted = subprocess.run(
+        command(mixture, output) + ["--set", "train.max_steps=200", "--set", "data.sources[1].weight=2"],
+        capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), cwd=REPO_ROOT, timeout=300,
+    )
+    assert reweighted.returncode == 2 and "data.sources is" in reweighted.stderr  # other batches: refused
