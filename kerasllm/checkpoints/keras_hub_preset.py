@@ -6,8 +6,9 @@ imported exactly as a Hugging Face folder is. keras-hub has no Qwen3 exporter; `
 fills that gap. Writing a preset goes the other way: a Hugging Face folder written by
 kerasllm is loaded by keras-hub and saved with `save_to_preset`.
 
-A preset is read whole into memory by keras-hub (two copies of the weights while importing);
-Hugging Face folders are read tensor by tensor.
+A preset is read whole into memory by keras-hub, and converted whole (two copies of the weights
+while importing, the converted one freed tensor by tensor as the model fills); Hugging Face
+folders are read tensor by tensor.
 """
 
 import json
@@ -119,7 +120,11 @@ def qwen3_tensors(backbone, include_lm_head=True):
 
 
 class InMemoryCheckpoint:
-    """`SafetensorsCheckpoint`'s interface over a dict of tensors (a converted preset)."""
+    """`SafetensorsCheckpoint`'s interface over a dict of tensors (a converted preset).
+
+    Each tensor is dropped once the model holds it (`release`), so the load needs the
+    converted tensors plus the model, shrinking as one grows, not both in full.
+    """
 
     def __init__(self, tensors, directory):
         from kerasllm.checkpoints.safetensors_io import SafetensorsCheckpoint
@@ -127,9 +132,10 @@ class InMemoryCheckpoint:
         self.directory = Path(directory)
         strip = SafetensorsCheckpoint._strip
         self._tensors = {strip(SafetensorsCheckpoint, key): value for key, value in tensors.items()}
+        self._keys = list(self._tensors)
 
     def keys(self):
-        return list(self._tensors)
+        return list(self._keys)
 
     def __contains__(self, key):
         return key in self._tensors
@@ -137,8 +143,18 @@ class InMemoryCheckpoint:
     def file_of(self, key):
         return self.directory / "model.weights.h5"
 
+    def shape(self, key):
+        return tuple(self._tensors[key].shape)
+
     def get(self, key):
         return self._tensors[key]
+
+    def read_rows(self, key, start=0, stop=None):
+        value = self._tensors[key]
+        return value[start:stop] if value.ndim else value
+
+    def release(self, key):
+        self._tensors.pop(key, None)
 
 
 def load_preset_backbone(directory):
