@@ -156,7 +156,7 @@ class ModelConfig(_Section):
     norm_eps: float = _opt(1e-5, "epsilon of the normalization layers", bounds="> 0")
     rope_theta: float = _opt(10000.0, "RoPE base wavelength", bounds="> 0")
     hidden_size: int = _opt(0, "LSTM hidden units; 0: n_embd", bounds=">= 0")
-    # Options of published checkpoints (GPT-2, Llama, Mistral, Qwen); the defaults change nothing.
+    # Options of published checkpoints (GPT-2, Llama, Mistral, Qwen, Gemma); the defaults change nothing.
     mlp_activation: str = _choice(
         "auto", ["auto", "gelu", "gelu_tanh", "silu", "relu"],
         "MLP activation (swiglu: of the gate); auto: exact gelu for mlp = gelu, silu for swiglu; "
@@ -173,6 +173,7 @@ class ModelConfig(_Section):
     rope_low_freq_factor: float = _opt(1.0, "rope_scaling = llama3: low_freq_factor")
     rope_high_freq_factor: float = _opt(4.0, "rope_scaling = llama3: high_freq_factor")
     rope_original_context: int = _opt(8192, "rope_scaling = llama3: original_max_position_embeddings", bounds=">= 1")
+    scale_embeddings: bool = _opt(False, "multiply the token embeddings by sqrt(n_embd) before the first block (Gemma)")
 
 
 @dataclass
@@ -493,7 +494,7 @@ def _rope_needs_even_heads(model):
 # GPT features an LSTM would silently ignore. Plain sizes (n_head, bias, norm_eps, ...) are left
 # out: a GPT recipe run with `--set model.arch=lstm` keeps them, harmlessly.
 GPT_FEATURES = ("n_kv_head", "mlp_hidden", "positions", "norm", "mlp", "qkv_bias", "head_dim", "qk_norm",
-                "rope_scaling")
+                "rope_scaling", "scale_embeddings")
 
 
 def _gpt_feature_rule(key):

@@ -7,12 +7,15 @@
 
 The model is kerasllm's own `GPT`, so everything kerasllm does with a model it trained
 (fine-tuning, LoRA, classifiers, cached generation, SavedModel export) applies. Supported
-`model_type`s: gpt2, llama (2 and 3.x, rope_scaling linear/llama3), mistral, qwen2, qwen3.
+`model_type`s: gpt2, llama (2 and 3.x, rope_scaling linear/llama3), mistral, qwen2, qwen3, gemma.
 """
 
 from pathlib import Path
 
-from kerasllm.checkpoints.hf import LLAMA_LAYOUT, SUPPORTED_MODEL_TYPES, load_weights, model_config_from_hf, read_config
+from kerasllm.checkpoints.hf import (
+    LLAMA_LAYOUT, SUPPORTED_MODEL_TYPES, build_unset_model, layout_of, load_weights, model_config_from_hf,
+    read_config,
+)
 from kerasllm.checkpoints.sources import folder_format, is_pretrained_source, resolve
 
 
@@ -52,7 +55,6 @@ def load_pretrained(source, block_size=None):
     """
     from kerasllm.checkpoints.safetensors_io import SafetensorsCheckpoint
     from kerasllm.config import Config
-    from kerasllm.models import build_model
     from kerasllm.tokenizers.pretrained import PretrainedTokenizer
 
     folder, kind = resolve(source)
@@ -72,8 +74,8 @@ def load_pretrained(source, block_size=None):
         model_config = model_config_from_hf(hf, source=str(Path(folder) / "config.json"), block_size=block_size)
         checkpoint = InMemoryCheckpoint(backbone_hf_tensors(backbone), folder)
         del backbone
-    model = build_model(model_config)
-    load_weights(model, "gpt2" if hf["model_type"] == "gpt2" else "llama", checkpoint)
+    model = build_unset_model(model_config)  # no random init: the checkpoint is the first value
+    load_weights(model, layout_of(hf["model_type"]), checkpoint)
     config = Config(name=Path(str(source).rstrip("/")).name or "pretrained", model=model_config)
     config.data.tokenizer = "pretrained"
     return config, tokenizer, model

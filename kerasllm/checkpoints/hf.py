@@ -9,18 +9,26 @@ drift apart. Two layouts cover the supported `model_type`s:
 - `llama`, `mistral`, `qwen2`, `qwen3`: RoPE, RMSNorm, SwiGLU; `*_proj.weight` are `(out, in)`
   and kerasllm fuses q/k/v (and gate/up) into one kernel. Both rotate halves for RoPE, so
   q and k need no permutation.
+- `gemma` (Gemma 1): the llama tensors, with a tanh-GELU gate (GeGLU), embeddings scaled by
+  sqrt(hidden_size), a tied head and RMSNorms that scale by `1 + weight`: kerasllm's RMSNorm
+  scales by its weight, so the checkpoint's norm weights are shifted by one on the way in
+  (and back on the way out).
 """
 
 import json
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from kerasllm.config import ModelConfig
 from kerasllm.errors import ConfigError, DataError
 
-SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma")
 LLAMA_LAYOUT = ("llama", "mistral", "qwen2", "qwen3")
+# Related model_types whose architecture kerasllm does not have: named in their error.
+_NOT_YET = {"gemma2": "attention and final-logit soft-capping, sliding-window layers and post-norms",
+            "gemma3": "q/k norms, local/global RoPE bases, sliding-window layers and post-norms"}
 # Buffers some exports keep next to the weights: masks and RoPE tables, not parameters.
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
 _GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
@@ -62,11 +70,17 @@ def model_config_from_hf(hf, source="config.json", block_size=None):
     """
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
+        missing = f" (kerasllm's GPT has no {_NOT_YET[model_type]})" if model_type in _NOT_YET else ""
         raise ConfigError(
-            f"{source}: model_type = {model_type!r} is not supported; kerasllm imports "
+            f"{source}: model_type = {model_type!r} is not supported{missing}; kerasllm imports "
             f"{', '.join(SUPPORTED_MODEL_TYPES)}"
         )
-    values = _gpt2_fields(hf, source) if model_type == "gpt2" else _llama_fields(hf, model_type, source)
+    if model_type == "gpt2":
+        values = _gpt2_fields(hf, source)
+    elif model_type == "gemma":
+        values = _gemma_fields(hf, source)
+    else:
+        values = _llama_fields(hf, model_type, source)
     context = values.pop("context")
     if block_size and block_size > context:
         raise ConfigError(
@@ -157,50 +171,95 @@ def _llama_fields(hf, model_type, source):
     )
 
 
+_GEMMA_ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh",
+                      "gelu": "gelu"}
+
+
+def _gemma_fields(hf, source):
+    # Gemma's first config.json files say hidden_act = "gelu" for a model trained with the tanh
+    # approximation; transformers (and keras-hub) read a missing hidden_activation as tanh GELU.
+    activation = hf.get("hidden_activation") or "gelu_pytorch_tanh"
+    if activation not in _GEMMA_ACTIVATIONS:
+        raise ConfigError(f"{source}: hidden_activation = {activation!r}; expected one of {', '.join(_GEMMA_ACTIVATIONS)}")
+    if hf.get("attention_bias"):
+        raise ConfigError(f"{source}: attention_bias = true is not supported for model_type 'gemma'")
+    n_embd, n_head = _need(hf, "hidden_size", source), _need(hf, "num_attention_heads", source)
+    head_dim = hf.get("head_dim") or 256
+    return dict(
+        vocab_size=_need(hf, "vocab_size", source), context=hf.get("max_position_embeddings", 8192),
+        n_layer=_need(hf, "num_hidden_layers", source), n_head=n_head, n_embd=n_embd,
+        n_kv_head=hf.get("num_key_value_heads") or n_head, mlp_hidden=_need(hf, "intermediate_size", source),
+        head_dim=head_dim if head_dim * n_head != n_embd else 0, positions="rope", norm="rmsnorm",
+        mlp="swiglu", mlp_activation=_GEMMA_ACTIVATIONS[activation], norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        bias=False, tie_embeddings=hf.get("tie_word_embeddings", True), scale_embeddings=True,
+        **_rope_fields(hf, source),
+    )
+
+
+def layout_of(model_type):
+    """The tensor layout (`weight_slots`) of a supported `model_type`: gpt2, llama or gemma."""
+    return model_type if model_type in ("gpt2", "gemma") else "llama"
+
+
 # --- the tensor table ---------------------------------------------------------------------
 class Slot:
     """One variable of the model and the checkpoint tensors that hold it.
 
+    The variable is the checkpoint tensors concatenated along their first axis (one tensor:
+    itself), transposed when `transpose` is set: every conversion the supported layouts need,
+    and one a loader can apply block of rows by block of rows.
+
     Attributes:
         path: the variable's path inside the model (e.g. "block_0/attn/qkv/kernel").
         keys: checkpoint keys (without "model."/"transformer." prefix).
-        to_keras: list of checkpoint arrays -> the variable's value.
-        to_hf: the variable's value -> list of checkpoint arrays.
+        transpose: the checkpoint stores `(out, in)`, the Keras kernel is `(in, out)`.
+        sizes: rows of each key in the fused variable (for splitting it back on export).
+        crop: a longer checkpoint table may be cut to the variable's rows (learned positions).
+        offset: added to the checkpoint's values on import (Gemma's norms store `scale - 1`).
     """
 
-    def __init__(self, path, keys, to_keras=None, to_hf=None):
-        self.path, self.keys = path, list(keys)
-        self.to_keras = to_keras or (lambda arrays: arrays[0])
-        self.to_hf = to_hf or (lambda value: [value])
+    def __init__(self, path, keys, transpose=False, sizes=None, crop=False, offset=0.0):
+        self.path, self.keys, self.transpose, self.crop = path, list(keys), transpose, crop
+        self.sizes, self.offset = sizes, offset
+
+    def to_keras(self, arrays):
+        """Checkpoint arrays -> the variable's value."""
+        joined = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
+        return (joined.T if self.transpose else joined) + np.float32(self.offset)
+
+    def to_hf(self, value):
+        """The variable's value -> checkpoint arrays."""
+        value = value - np.float32(self.offset) if self.offset else value
+        value = value.T if self.transpose else value
+        if len(self.keys) == 1:
+            return [value]
+        return np.split(value, np.cumsum(self.sizes)[:-1], axis=0)
 
 
 def _transposed(path, key):
-    return Slot(path, [key], lambda a: a[0].T, lambda v: [v.T])
+    return Slot(path, [key], transpose=True)
 
 
-def _fused(path, keys, sizes, axis_in_hf=0, transpose=True):
+def _fused(path, keys, sizes, transpose=True):
     """Several (out, in) matrices (or vectors) concatenated into one Keras kernel (or bias)."""
-    def to_keras(arrays):
-        joined = np.concatenate(arrays, axis=axis_in_hf)
-        return joined.T if transpose else joined
-
-    def to_hf(value):
-        value = value.T if transpose else value
-        return np.split(value, np.cumsum(sizes)[:-1], axis=axis_in_hf)
-
-    return Slot(path, keys, to_keras, to_hf)
+    return Slot(path, keys, transpose=transpose, sizes=sizes)
 
 
 def weight_slots(model, layout):
-    """The `Slot`s of every variable of `model` (a `GPT`) in a `gpt2` or `llama` layout."""
+    """The `Slot`s of every variable of `model` (a `GPT`) in a `gpt2`, `llama` or `gemma` layout."""
     if layout == "gpt2":
         return _gpt2_slots(model)
-    return _llama_slots(model)
+    slots = _llama_slots(model)
+    if layout == "gemma":
+        for slot in slots:
+            if slot.path.endswith("norm_1/scale") or slot.path.endswith("norm_2/scale") or slot.path == "final_norm/scale":
+                slot.offset = 1.0
+    return slots
 
 
 def _gpt2_slots(model):
     slots = [Slot("token_embedding/embeddings", ["wte.weight"]),
-             Slot("position_embedding/embeddings", ["wpe.weight"])]
+             Slot("position_embedding/embeddings", ["wpe.weight"], crop=True)]
     for i in range(model.n_layer):
         p, b = f"h.{i}.", f"block_{i}/"
         for ours, theirs in (("norm_1", "ln_1"), ("norm_2", "ln_2")):
@@ -242,8 +301,30 @@ def model_variables(model):
     return {v.path.split("/", 1)[1]: v for v in model.weights}
 
 
+def build_unset_model(model_config):
+    """The `GPT` a `ModelConfig` describes, its variables created without values.
+
+    Building normally would draw a random initialization (one whole copy of the weights,
+    plus the allocator's leftovers) only for `load_weights` to overwrite it. Inside
+    `keras.StatelessScope(initialize_variables=False)` Keras creates each variable's shape and
+    dtype and defers its value; `load_weights` then gives every variable its checkpoint value
+    as its first and only buffer.
+    """
+    from kerasllm.models import build_model
+
+    with keras.StatelessScope(initialize_variables=False):
+        return build_model(model_config)
+
+
 def load_weights(model, layout, checkpoint):
-    """Assigns every variable of `model` from `checkpoint` (a `SafetensorsCheckpoint`).
+    """Sets every variable of `model` from `checkpoint`, one tensor in memory at a time.
+
+    Each variable's value is filled block of rows by block of rows into one buffer (transposed
+    and concatenated on the way, bfloat16 widened) that becomes the variable's own storage, so
+    the load holds the model plus one tensor. `model` may come from `build_unset_model`
+    (variables without values) or be an ordinary built model (its variables are assigned).
+    `checkpoint` is a `SafetensorsCheckpoint` or anything with its `keys`, `shape`, `file_of`,
+    `read_rows` and `release`.
 
     Raises:
         DataError: a missing or unexpected tensor, or one of the wrong shape, naming the file
@@ -251,23 +332,23 @@ def load_weights(model, layout, checkpoint):
     """
     variables = model_variables(model)
     used = set()
-    for slot in weight_slots(model, layout):
-        variable = variables.pop(slot.path, None)
-        if variable is None:
-            continue  # an optional slot this model has not (biases, q/k norms)
-        for key in slot.keys:
-            if key not in checkpoint:
-                raise DataError(f"{checkpoint.directory}: tensor {key} is missing (needed for {slot.path})")
-        arrays = [checkpoint.get(key) for key in slot.keys]
-        used.update(slot.keys)
-        if slot.path == "position_embedding/embeddings" and arrays[0].shape[0] > variable.shape[0]:
-            arrays[0] = arrays[0][: variable.shape[0]]  # a shorter context: crop the table
-        value = _checked(slot, arrays, variable, checkpoint)
-        del arrays
-        variable.assign(value.astype(variable.dtype, copy=False))
-        del value  # one tensor at a time: peak memory stays near the model's own size
-    if variables:
-        raise DataError(f"{checkpoint.directory}: no tensor maps to {', '.join(variables)}")
+    try:
+        for slot in weight_slots(model, layout):
+            variable = variables.pop(slot.path, None)
+            if variable is None:
+                continue  # an optional slot this model has not (biases, q/k norms)
+            for key in slot.keys:
+                if key not in checkpoint:
+                    raise DataError(f"{checkpoint.directory}: tensor {key} is missing (needed for {slot.path})")
+            _set_value(variable, _read_slot(slot, variable, checkpoint))
+            used.update(slot.keys)
+            for key in slot.keys:
+                checkpoint.release(key)
+        if variables:
+            raise DataError(f"{checkpoint.directory}: no tensor maps to {', '.join(variables)}")
+        _initialize_the_rest(model)
+    finally:
+        _forget_unset(model)
     if model.tie_embeddings:
         used.add("lm_head.weight")  # tied checkpoints sometimes store the head anyway
     unexpected = [k for k in checkpoint.keys() if k not in used and not k.endswith(_IGNORED_SUFFIXES)]
@@ -278,18 +359,101 @@ def load_weights(model, layout, checkpoint):
         )
 
 
-def _checked(slot, arrays, variable, checkpoint):
-    try:
-        value = slot.to_keras(arrays)
-    except ValueError:
-        value = None
-    if value is None or tuple(value.shape) != tuple(variable.shape):
-        shapes = ", ".join(f"{k} {tuple(a.shape)}" for k, a in zip(slot.keys, arrays))
+# Rows read at a time: small against any real tensor, large enough for fast reads.
+BLOCK_BYTES = 16 * 2**20
+
+
+def _read_slot(slot, variable, checkpoint):
+    """The slot's checkpoint tensors, in the variable's layout, as one aligned float32 array."""
+    shapes = [tuple(checkpoint.shape(key)) for key in slot.keys]
+    rows = [shape[0] if shape else 0 for shape in shapes]
+    target = tuple(variable.shape)
+    if slot.crop and len(shapes) == 1 and len(target) == 2 and rows[0] > target[0]:
+        rows = [target[0]]  # a shorter context: only the first positions are read
+    joined = (sum(rows),) + shapes[0][1:]
+    expected = joined[::-1] if slot.transpose else joined
+    if any(shape[1:] != shapes[0][1:] for shape in shapes) or expected != target:
+        listed = ", ".join(f"{k} {s}" for k, s in zip(slot.keys, shapes))
         raise DataError(
-            f"{checkpoint.file_of(slot.keys[0])}: tensor shapes {shapes} do not fit {slot.path} "
-            f"{tuple(variable.shape)} of the model config.json describes"
+            f"{checkpoint.file_of(slot.keys[0])}: tensor shapes {listed} do not fit {slot.path} "
+            f"{target} of the model config.json describes"
         )
-    return value
+    out = _aligned_empty(target)
+    step = max(1, BLOCK_BYTES // (4 * int(np.prod(shapes[0][1:], dtype=np.int64))))
+    done = 0  # rows of the fused variable filled by the keys before this one
+    for key, count in zip(slot.keys, rows):
+        for start in range(0, count, step):
+            stop = min(count, start + step)
+            block = checkpoint.read_rows(key, start, stop)  # (rows, in) or (rows,)
+            if slot.transpose:
+                out[:, done + start: done + stop] = block.T
+            else:
+                out[done + start: done + stop] = block
+            del block
+        done += count
+    if slot.offset:
+        out += np.float32(slot.offset)  # in place: no temporary
+    return out
+
+
+def _aligned_empty(shape, align=64):
+    """An uninitialized float32 array whose data starts on an `align`-byte boundary.
+
+    TensorFlow's CPU kernels require aligned buffers (numpy's are only 16-byte aligned): one
+    handed over through DLPack unaligned makes the first kernel that reads it abort the process.
+    """
+    size = int(np.prod(shape, dtype=np.int64)) * 4
+    raw = np.empty(size + align, np.uint8)
+    skip = (-raw.ctypes.data) % align
+    return raw[skip: skip + size].view(np.float32).reshape(shape)
+
+
+def _set_value(variable, array):
+    """Makes `array` (float32, aligned) the variable's value, without another copy where possible."""
+    value = array
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # Zero-copy: the tensor shares the array's buffer, and a variable created from a tensor
+        # nobody else holds adopts that buffer. (`tf.convert_to_tensor` would copy it twice.)
+        if array.flags.c_contiguous and array.ctypes.data % 64 == 0:
+            value = tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+        else:
+            value = tf.convert_to_tensor(array)
+    del array
+    if variable.dtype != "float32":
+        value = keras.ops.cast(value, variable.dtype)
+    if _is_unset(variable):
+        variable._initializer = lambda shape, dtype: value  # read once, by the next line
+        variable._deferred_initialize()
+    else:
+        variable.assign(value)
+
+
+def _is_unset(variable):
+    # Keras' own marker of a deferred variable (created inside a StatelessScope).
+    return getattr(variable, "_value", True) is None
+
+
+def _initialize_the_rest(model):
+    """Variables no checkpoint tensor holds (e.g. a dropout's seed) get their own initializers."""
+    for variable in model.variables:
+        if _is_unset(variable):
+            variable._deferred_initialize()
+
+
+def _forget_unset(model):
+    """Takes the model's variables off Keras' list of variables waiting for a value.
+
+    Otherwise the next `StatelessScope` to close would initialize them, or fail on those
+    this module already set.
+    """
+    from keras.src.backend.common import global_state
+
+    pending = global_state.get_global_attribute("uninitialized_variables")
+    if pending:
+        ours = {id(v) for v in model.variables}
+        global_state.set_global_attribute("uninitialized_variables", [v for v in pending if id(v) not in ours])
 
 
 def hf_tensors(model, layout):

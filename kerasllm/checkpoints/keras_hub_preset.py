@@ -2,12 +2,14 @@
 
 A preset is read by keras-hub itself (`Backbone.from_preset`), turned into Hugging Face
 tensor names by keras-hub's exporters (`keras_hub/src/utils/transformers/export`), and then
-imported exactly as a Hugging Face folder is. keras-hub has no Qwen3 exporter; `qwen3_tensors`
-fills that gap. Writing a preset goes the other way: a Hugging Face folder written by
+imported exactly as a Hugging Face folder is. keras-hub has no Qwen3 exporter, and its Gemma one
+fits only Gemma 2B's shapes; `qwen3_tensors` and `gemma_tensors` fill those gaps. Writing a
+preset goes the other way: a Hugging Face folder written by
 kerasllm is loaded by keras-hub and saved with `save_to_preset`.
 
-A preset is read whole into memory by keras-hub (two copies of the weights while importing);
-Hugging Face folders are read tensor by tensor.
+A preset is read whole into memory by keras-hub, and converted whole (two copies of the weights
+while importing, the converted one freed tensor by tensor as the model fills); Hugging Face
+folders are read tensor by tensor.
 """
 
 import json
@@ -25,6 +27,7 @@ BACKBONES = {
     "MistralBackbone": "mistral",
     "QwenBackbone": "qwen2",
     "Qwen3Backbone": "qwen3",
+    "GemmaBackbone": "gemma",
 }
 
 
@@ -40,7 +43,7 @@ def is_preset_dir(directory):
 
 def backbone_hf_config(backbone):
     """The Hugging Face `config.json` dict of a keras-hub backbone."""
-    from keras_hub.src.utils.transformers.export import gpt2, llama3, mistral, qwen
+    from keras_hub.src.utils.transformers.export import gemma, gpt2, llama3, mistral, qwen
 
     name = type(backbone).__name__
     if name not in BACKBONES:
@@ -58,9 +61,26 @@ def backbone_hf_config(backbone):
     elif name == "QwenBackbone":
         config = dict(qwen.get_qwen_config(backbone), use_sliding_window=backbone.use_sliding_window,
                       sliding_window=backbone.sliding_window_size, attention_bias=True)
+    elif name == "GemmaBackbone":
+        _check_gemma1(backbone)
+        config = dict(gemma.get_gemma_config(backbone), rms_norm_eps=backbone.layer_norm_epsilon,
+                      hidden_activation="gelu_pytorch_tanh")
     else:
         config = _qwen3_config(backbone)
     return config
+
+
+def _check_gemma1(backbone):
+    """A GemmaBackbone with Gemma 2's options (kerasllm's GPT has none of them) is refused, naming the first."""
+    gemma1 = {"use_post_ffw_norm": False, "use_post_attention_norm": False, "attention_logit_soft_cap": None,
+              "final_logit_soft_cap": None, "use_sliding_window_attention": False, "query_head_dim_normalize": True}
+    for key, expected in gemma1.items():
+        value = getattr(backbone, key, expected)
+        if value != expected:
+            raise ConfigError(
+                f"keras-hub GemmaBackbone: {key} = {value!r} (Gemma 2) is not supported; kerasllm imports Gemma 1 "
+                f"({key} = {expected!r})"
+            )
 
 
 def _qwen3_config(backbone):
@@ -76,13 +96,14 @@ def _qwen3_config(backbone):
 
 
 def backbone_hf_tensors(backbone):
-    """`{hf key: numpy array}` of a keras-hub backbone (keras-hub's exporters; Qwen3 here)."""
+    """`{hf key: numpy array}` of a keras-hub backbone (keras-hub's exporters; Qwen3 and Gemma here)."""
     from keras_hub.src.utils.transformers.export import gpt2, llama3, mistral, qwen
 
     name = type(backbone).__name__
     exporters = {"GPT2Backbone": gpt2.get_gpt2_weights_map, "LlamaBackbone": llama3.get_llama3_weights_map,
                  "Llama3Backbone": llama3.get_llama3_weights_map, "MistralBackbone": mistral.get_mistral_weights_map,
-                 "QwenBackbone": qwen.get_qwen_weights_map, "Qwen3Backbone": qwen3_tensors}
+                 "QwenBackbone": qwen.get_qwen_weights_map, "Qwen3Backbone": qwen3_tensors,
+                 "GemmaBackbone": gemma_tensors}
     tensors = exporters[name](backbone, include_lm_head=True)
     return {key: np.asarray(value, np.float32) for key, value in tensors.items()}
 
@@ -118,8 +139,48 @@ def qwen3_tensors(backbone, include_lm_head=True):
     return tensors
 
 
+def gemma_tensors(backbone, include_lm_head=True):
+    """Hugging Face Gemma tensors of a `keras_hub.models.GemmaBackbone`.
+
+    keras-hub's own Gemma exporter reshapes the query and output kernels correctly only when
+    `num_query_heads * head_dim == hidden_dim` (Gemma 2B, not 7B), so this maps them itself.
+    """
+    C = backbone.hidden_dim
+
+    def numpy(weight):
+        return np.asarray(weight.numpy(), np.float32)
+
+    def heads_in(kernel):  # keras-hub (heads, C, D) -> HF (heads * D, C)
+        return numpy(kernel).transpose(0, 2, 1).reshape(-1, C)
+
+    embedding = backbone.get_layer("token_embedding")
+    tensors = {"model.embed_tokens.weight": numpy(embedding.embeddings)}
+    for i in range(backbone.num_layers):
+        layer, p = backbone.get_layer(f"decoder_block_{i}"), f"model.layers.{i}."
+        attn = layer.attention
+        tensors.update({
+            p + "input_layernorm.weight": numpy(layer.pre_attention_norm.scale),
+            p + "post_attention_layernorm.weight": numpy(layer.pre_ffw_norm.scale),
+            p + "self_attn.q_proj.weight": heads_in(attn.query_dense.kernel),
+            p + "self_attn.k_proj.weight": heads_in(attn.key_dense.kernel),
+            p + "self_attn.v_proj.weight": heads_in(attn.value_dense.kernel),
+            p + "self_attn.o_proj.weight": numpy(attn.output_dense.kernel).reshape(-1, C).T,  # (n, D, C) -> (C, n*D)
+            p + "mlp.gate_proj.weight": numpy(layer.gating_ffw.kernel).T,
+            p + "mlp.up_proj.weight": numpy(layer.gating_ffw_2.kernel).T,
+            p + "mlp.down_proj.weight": numpy(layer.ffw_linear.kernel).T,
+        })
+    tensors["model.norm.weight"] = numpy(backbone.get_layer("final_normalization").scale)
+    if include_lm_head and not embedding.tie_weights:
+        tensors["lm_head.weight"] = numpy(embedding.reverse_embeddings).T
+    return tensors
+
+
 class InMemoryCheckpoint:
-    """`SafetensorsCheckpoint`'s interface over a dict of tensors (a converted preset)."""
+    """`SafetensorsCheckpoint`'s interface over a dict of tensors (a converted preset).
+
+    Each tensor is dropped once the model holds it (`release`), so the load needs the
+    converted tensors plus the model, shrinking as one grows, not both in full.
+    """
 
     def __init__(self, tensors, directory):
         from kerasllm.checkpoints.safetensors_io import SafetensorsCheckpoint
@@ -127,9 +188,10 @@ class InMemoryCheckpoint:
         self.directory = Path(directory)
         strip = SafetensorsCheckpoint._strip
         self._tensors = {strip(SafetensorsCheckpoint, key): value for key, value in tensors.items()}
+        self._keys = list(self._tensors)
 
     def keys(self):
-        return list(self._tensors)
+        return list(self._keys)
 
     def __contains__(self, key):
         return key in self._tensors
@@ -137,8 +199,18 @@ class InMemoryCheckpoint:
     def file_of(self, key):
         return self.directory / "model.weights.h5"
 
+    def shape(self, key):
+        return tuple(self._tensors[key].shape)
+
     def get(self, key):
         return self._tensors[key]
+
+    def read_rows(self, key, start=0, stop=None):
+        value = self._tensors[key]
+        return value[start:stop] if value.ndim else value
+
+    def release(self, key):
+        self._tensors.pop(key, None)
 
 
 def load_preset_backbone(directory):

@@ -1,10 +1,12 @@
 """Reading and writing `.safetensors` checkpoints tensor by tensor, with numpy only.
 
 The format is an 8-byte header length, a JSON header (dtype, shape and byte range of every
-tensor) and the raw little-endian data. Each tensor is read on its own with `np.fromfile`;
-numpy has no bfloat16, so those are read as uint16 and widened to float32 (bfloat16 is the top
-half of a float32). One tensor is in memory at a time, besides the model's own variables.
-Files written here are read back by keras-hub (through `safetensors.safe_open`) in the tests.
+tensor) and the raw little-endian data. Tensors are read in blocks of rows (`read_rows`) with
+`np.fromfile` at their offset, so a loader can fill a variable's buffer block by block, transposing
+or concatenating on the way, without a second whole copy of the tensor. numpy has no bfloat16,
+so those are read as uint16 and widened to float32 (bfloat16 is the top half of a float32).
+`safetensors.safe_open(framework="np")` would need numpy to know bfloat16; files written here are
+read back by keras-hub (through `safe_open`) in the tests.
 """
 
 import json
@@ -123,21 +125,36 @@ class SafetensorsCheckpoint:
         return self._headers[path][0][self._short[key]]
 
     def get(self, key):
-        """Tensor `key` as a numpy array (bfloat16 widened to float32).
+        """Tensor `key` as a numpy array (bfloat16 widened to float32)."""
+        return self.read_rows(key)
 
-        Read with one `np.fromfile` at the tensor's offset rather than through a memory map, so
-        the file's pages do not add to the process's resident memory while the model fills.
+    def read_rows(self, key, start=0, stop=None):
+        """Rows `start:stop` (along the first axis) of tensor `key`, bfloat16 widened to float32.
+
+        Read with `np.fromfile` at the rows' offset rather than through a memory map, so the
+        file's pages do not add to the process's resident memory while the model fills.
         """
         if key not in self._short:
             raise DataError(f"{self.directory}: tensor {key} is missing from the checkpoint")
         path = self.file_of(key)
         entry = self._entry(key)
-        start, end = entry["data_offsets"]
+        shape = tuple(entry["shape"])
         dtype = np.dtype(_DTYPES[entry["dtype"]]).newbyteorder("<")
-        raw = np.fromfile(path, dtype=dtype, count=(end - start) // dtype.itemsize, offset=self._headers[path][1] + start)
+        row = int(np.prod(shape[1:], dtype=np.int64)) if shape else 1
+        first = shape[0] if shape else 1
+        start, stop, _ = slice(start, stop).indices(first)
+        stop = max(start, stop)
+        offset = self._headers[path][1] + entry["data_offsets"][0] + start * row * dtype.itemsize
+        raw = np.fromfile(path, dtype=dtype, count=(stop - start) * row, offset=offset)
         if entry["dtype"] == "BF16":  # bfloat16 is the top half of a float32
-            raw = (raw.astype(np.uint32) << 16).view(np.float32)
-        return raw.reshape(entry["shape"])
+            wide = raw.astype(np.uint32)
+            del raw
+            wide <<= 16
+            raw = wide.view(np.float32)
+        return raw.reshape((stop - start,) + shape[1:] if shape else ())
+
+    def release(self, key):
+        """Nothing to free: tensors stay on disk until read."""
 
 
 def to_bfloat16_bits(array):

@@ -12,7 +12,7 @@ _GPT2_ACTIVATION = {"auto": "gelu", "gelu": "gelu", "gelu_tanh": "gelu_new", "re
 
 
 def hf_target(model):
-    """`(layout, hf config dict)` of a `GPT`: gpt2, llama, qwen2 or qwen3.
+    """`(layout, hf config dict)` of a `GPT`: gpt2, llama, qwen2, qwen3 or gemma.
 
     Raises:
         ConfigError: an option no target can express, naming the option.
@@ -26,6 +26,8 @@ def hf_target(model):
     if shape == ("learned", "layernorm", "gelu"):
         return "gpt2", _gpt2_config(m)
     if shape == ("rope", "rmsnorm", "swiglu"):
+        if m.scale_embeddings:
+            return "gemma", _gemma_config(m)
         return "llama", _llama_config(m)
     raise ConfigError(
         f"model.positions/norm/mlp = {'/'.join(shape)}: no Hugging Face architecture has this combination; "
@@ -40,6 +42,7 @@ def _gpt2_config(m):
         (m.head_dim * m.n_head != m.n_embd, f"model.head_dim = {m.head_dim}: gpt2 needs n_embd // n_head"),
         (m.qk_norm, "model.qk_norm = true: gpt2 has no q/k norm"),
         (m.mlp_activation not in _GPT2_ACTIVATION, f"model.mlp_activation = {m.mlp_activation!r}: not a gpt2 activation"),
+        (m.scale_embeddings, "model.scale_embeddings = true: gpt2 does not scale its embeddings"),
     ]
     _raise_first(checks)
     return {
@@ -81,6 +84,29 @@ def _llama_config(m):
             "original_max_position_embeddings": scaling["original_context"],
         }
     return config
+
+
+_GEMMA_ACTIVATION = {"gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}
+
+
+def _gemma_config(m):
+    checks = [
+        (m.bias or m.qkv_bias, "model.bias / model.qkv_bias = true: gemma has no biases"),
+        (m.mlp_activation not in _GEMMA_ACTIVATION,
+         f"model.mlp_activation = {m.mlp_activation!r}: gemma's gate uses gelu_tanh (or gelu)"),
+        (not m.tie_embeddings, "model.tie_embeddings = false: gemma ties the head to the embedding"),
+        (m.qk_norm, "model.qk_norm = true: gemma has no q/k norm"),
+        (m.rope_scaling, "model.rope_scaling: gemma has no rope_scaling"),
+    ]
+    _raise_first(checks)
+    return {
+        "model_type": "gemma", "architectures": ["GemmaForCausalLM"], "vocab_size": m.vocab_size,
+        "hidden_size": m.n_embd, "intermediate_size": m.mlp_hidden, "num_hidden_layers": m.n_layer,
+        "num_attention_heads": m.n_head, "num_key_value_heads": m.n_kv_head, "head_dim": m.head_dim,
+        "max_position_embeddings": m.block_size, "rms_norm_eps": m.norm_eps, "rope_theta": m.rope_theta,
+        "hidden_act": _GEMMA_ACTIVATION[m.mlp_activation], "hidden_activation": _GEMMA_ACTIVATION[m.mlp_activation],
+        "attention_bias": False, "attention_dropout": 0.0, "tie_word_embeddings": True, "torch_dtype": "float32",
+    }
 
 
 def _raise_first(checks):
@@ -152,6 +178,12 @@ def save_keras_hub(model, tokenizer, directory):
              "(gelu_tanh); export --format hf instead"),
             (m.mlp_hidden != 4 * m.n_embd, f"model.mlp_hidden = {m.mlp_hidden}: keras-hub's GPT2Backbone needs 4 * n_embd"),
             (m.norm_eps != 1e-5, f"model.norm_eps = {m.norm_eps}: keras-hub's GPT2Backbone needs 1e-5"),
+        ])
+    if layout == "gemma":  # keras-hub's Gemma converter reads neither hidden_activation nor rms_norm_eps
+        _raise_first([
+            (m.mlp_activation != "gelu_tanh",
+             f"model.mlp_activation = {m.mlp_activation!r}: keras-hub's GemmaBackbone always uses the tanh GELU"),
+            (m.norm_eps != 1e-6, f"model.norm_eps = {m.norm_eps}: keras-hub's GemmaBackbone needs 1e-6"),
         ])
     directory = Path(directory)
     with tempfile.TemporaryDirectory() as scratch:

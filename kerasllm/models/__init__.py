@@ -93,7 +93,7 @@ def checkpoint_options(model_config):
         }
     return dict(
         mlp_activation=c.mlp_activation, qkv_bias=c.qkv_bias, head_dim=c.head_dim or None,
-        qk_norm=c.qk_norm, rope_scaling=scaling,
+        qk_norm=c.qk_norm, rope_scaling=scaling, scale_embeddings=c.scale_embeddings,
     )
 
 

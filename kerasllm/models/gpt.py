@@ -41,6 +41,8 @@ class GPT(keras.Model):
         qk_norm: RMSNorm on each head's queries and keys (Qwen3).
         rope_scaling: `None` or a dict: `{"type": "linear", "factor": f}` or `{"type": "llama3",
             "factor", "low_freq_factor", "high_freq_factor", "original_context"}`.
+        scale_embeddings: multiply the token embeddings by `sqrt(n_embd)` before the first
+            block (Gemma).
 
     Call arguments:
         token_ids: int tensor `(batch, time)` with `time <= block_size`, or a dict with
@@ -83,6 +85,7 @@ class GPT(keras.Model):
         head_dim=None,
         qk_norm=False,
         rope_scaling=None,
+        scale_embeddings=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -108,6 +111,7 @@ class GPT(keras.Model):
         self.head_dim = head_dim or n_embd // n_head
         self.qk_norm = qk_norm
         self.rope_scaling = dict(rope_scaling) if rope_scaling else None
+        self.scale_embeddings = scale_embeddings
 
         def normal(stddev):
             return {"class_name": "RandomNormal", "config": {"stddev": stddev}}
@@ -158,6 +162,8 @@ class GPT(keras.Model):
             training: applies the embedding dropout.
         """
         x = self.token_embedding(token_ids)  # (B, T, C)
+        if self.scale_embeddings:  # Gemma; the head still uses the unscaled table
+            x = x * ops.cast(math.sqrt(self.n_embd), x.dtype)
         if self.position_embedding is not None:
             if start_index is not None:
                 # Gather rather than slice: under XLA a slice at a traced offset recompiles for
@@ -250,6 +256,7 @@ class GPT(keras.Model):
             head_dim=self.head_dim,
             qk_norm=self.qk_norm,
             rope_scaling=self.rope_scaling,
+            scale_embeddings=self.scale_embeddings,
         )
         return config
 
