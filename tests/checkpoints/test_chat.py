@@ -83,23 +83,63 @@ def test_chat_rows_put_the_loss_on_exactly_the_assistant_tokens(chat_checkpoint)
     np.testing.assert_array_equal(mask[1:], w[0, : n - 1])
 
 
-def test_sft_on_chat_rows_lowers_the_assistant_loss(chat_checkpoint, tmp_path):
+SHORT = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]
+
+
+@pytest.fixture(scope="module")
+def chat_run(chat_checkpoint, tmp_path_factory):
+    """`(run directory, log lines)` of an SFT run on chat rows from the tiny Qwen2 checkpoint."""
     from kerasllm.config import Config
     from kerasllm.training.finetune import finetune
 
-    data = write_chat_jsonl(tmp_path / "chat.jsonl", [CONVERSATION] * 24)
+    folder = tmp_path_factory.mktemp("chat_sft")
+    data = write_chat_jsonl(folder / "chat.jsonl", [CONVERSATION, SHORT] * 12)
     config = Config(name="chat")
     for assignment in ("data.dataset=" + json.dumps(str(data)), 'finetune.task="sft"', "train.batch_size=4",
-                       "train.max_steps=24", "train.eval_interval=4", "train.learning_rate=1e-2", "train.warmup_steps=1",
-                       "train.min_lr=1e-3", "train.jit_compile=false", "finetune.epochs=10", "finetune.patience=0", 'finetune.select="last"'):
+                       "train.max_steps=48", "train.eval_interval=8", "train.learning_rate=1e-2", "train.warmup_steps=1",
+                       "train.min_lr=1e-3", "train.jit_compile=false", "finetune.epochs=100", "finetune.patience=0",
+                       'finetune.select="last"'):
         config.override(assignment)
     lines = []
-    _, tokenizer, metrics = finetune(config, chat_checkpoint, tmp_path / "sft", log=lines.append, verbose=0)
+    _, tokenizer, metrics = finetune(config, chat_checkpoint, folder / "sft", log=lines.append, verbose=0)
     assert tokenizer.chat_template == CHATML and metrics["task"] == "sft"
-    with open(tmp_path / "sft" / "log.csv", newline="") as f:
+    return folder / "sft", lines
+
+
+def test_sft_on_chat_rows_lowers_the_assistant_loss(chat_run):
+    run, lines = chat_run
+    with open(run / "log.csv", newline="") as f:
         losses = [float(row["loss"]) for row in csv.DictReader(f)]
     assert len(losses) == 6 and losses[-1] < 0.5 * losses[0], losses
-    assert any("sft: 24 examples" in line for line in lines)
+    assert any("sft: 24 examples" in line and "(198 response targets)" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("flags", [["--no-stream"], [], ["--num-beams", "2"]])
+def test_generate_chat_renders_the_prompt_and_stops_at_the_end_of_turn(chat_run, flags, capsys):
+    from kerasllm.recipes.generate import main
+
+    run, _ = chat_run
+    main(["--model", str(run), "--chat", "--prompt", "hi", "--temperature", "0", "--max-new-tokens", "24", *flags])
+    # The fine-tuned reply to "hi", ended by <|im_end|>: without the stop, 24 tokens would run on.
+    assert capsys.readouterr().out == "hello there\n"
+
+
+def test_end_of_turn_ids_come_from_the_template(chat_checkpoint):
+    _, tokenizer, _ = load_pretrained(chat_checkpoint)
+    vocab = tokenizer._hf.get_vocab()
+    assert tokenizer.end_of_turn_ids() == (vocab["<|im_end|>"], vocab["<|endoftext|>"])
+
+
+def test_generate_chat_without_a_template_is_one_error_line(tmp_path):
+    from conftest import run_module
+
+    folder = write_qwen2(tmp_path / "plain", chat_template=None)
+    result = run_module("kerasllm.recipes.generate", "--model", folder, "--chat", "--prompt", "hi")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: --chat: the tokenizer of {folder} has no chat template (no chat_template key in its "
+        "tokenizer_config.json); drop --chat to continue the prompt as plain text, or use a chat checkpoint"
+    )
 
 
 def test_chat_rows_need_a_tokenizer_with_a_chat_template(tmp_path):
