@@ -363,7 +363,9 @@ def load_run(run_dir, block_size=None):
         if model_path is None:
             raise RunError(f"{run.path}: no {run.model_path.name} and no intact checkpoint to load")
     model = load_keras_model(model_path)
-    if block_size and type(model).__name__ == "GPT" and block_size != config.model.block_size:
+    from kerasllm.models import GPT
+
+    if block_size and isinstance(model, GPT) and block_size != config.model.block_size:
         config, model = _cropped(config, model, block_size, run.config_path)
     return config, tokenizer, model
 
