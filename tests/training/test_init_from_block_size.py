@@ -92,3 +92,17 @@ def test_a_kerasllm_run_is_cropped_or_refused_likewise(folders, corpus, tmp_path
     np.testing.assert_allclose(np.asarray(cropped(x)), np.asarray(full(x)), atol=1e-6)
     with pytest.raises(ConfigError, match=r"config.toml: the run's context is 16 tokens; model.block_size = 17 is longer"):
         load_run(tmp_path / "run", block_size=17)
+
+
+def test_finetune_from_a_checkpoint_with_a_shorter_block_size(folders, tmp_path):
+    from kerasllm.training.finetune import finetune
+
+    data = tmp_path / "train.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{'good' if i % 2 else 'bad'} day {i}\t{i % 2}\n" for i in range(20)))
+    config = Config(name="cls")
+    for assignment in (f'data.dataset="{data}"', "model.block_size=8", "train.batch_size=4", "train.max_steps=2",
+                       "train.eval_interval=2", "train.jit_compile=false"):
+        config.override(assignment)
+    _, _, metrics = finetune(config, folders["gpt2"], tmp_path / "cls", log=lambda *_: None, verbose=0)
+    saved, _, _ = load_run(tmp_path / "cls")
+    assert saved.model.block_size == 8 and saved.finetune.max_length == 8 and metrics["steps"] == 2
