@@ -85,6 +85,8 @@ def tokenizer_config(tokenizer, block_size):
     config = {f"{role}_token": token for role, token in roles.items()}
     config.update(model_max_length=block_size, clean_up_tokenization_spaces=False,
                   add_bos_token=False, add_eos_token=False)
+    if getattr(tokenizer, "chat_template", None):  # a chat checkpoint stays one when exported
+        config["chat_template"] = tokenizer.chat_template
     return config
 
 

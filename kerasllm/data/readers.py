@@ -7,7 +7,8 @@
   classification from a `.tsv`, `.csv` or `.jsonl` file (SST-2's `sentence<TAB>label`,
   ChnSentiCorp's `label,review`, ...). Columns are found by common names when not given.
 * `read_prompt_response(path, prompt_field, response_field)` reads `(prompts, responses)` for
-  supervised fine-tuning from a `.jsonl` file.
+  supervised fine-tuning from a `.jsonl` file; `read_conversations(path)` reads chat rows
+  (`{"messages": [{"role": ..., "content": ...}, ...]}`) for the same.
 
 Every problem is a `DataError` naming the file and, where it helps, the line: missing, empty,
 not UTF-8, binary, not valid JSON, unknown column or field.
@@ -227,6 +228,57 @@ def read_prompt_response(path, prompt_field="prompt", response_field="response")
     if not prompts:
         raise DataError(f"{path}: no records; expected prompt/response examples")
     return prompts, responses
+
+
+def has_messages(path):
+    """True when the first record of a `.jsonl` file has a `messages` field (chat rows)."""
+    for number, line in enumerate(_read_nonempty(path).split("\n"), start=1):
+        record = parse_jsonl_line(path, number, line)
+        if record is not None:
+            return "messages" in record
+    return False
+
+
+def read_conversations(path):
+    """Reads chat conversations from a `.jsonl` file: one `{"messages": [...]}` per line.
+
+    Every message is `{"role": ..., "content": ...}` with string values (other keys are kept
+    for the chat template); each conversation needs an `assistant` message.
+
+    Returns:
+        A list of message lists, in file order.
+
+    Raises:
+        DataError: missing/empty file, invalid JSON, or a malformed record (named by line).
+
+    Examples:
+
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "chat.jsonl")
+    >>> _ = open(path, "w").write('{"messages": [{"role": "user", "content": "hi"}, '
+    ...                           '{"role": "assistant", "content": "hello"}]}\\n')
+    >>> [m["role"] for m in read_conversations(path)[0]]
+    ['user', 'assistant']
+    """
+    path = Path(path)
+    _, rows = _jsonl_rows(path, _read_nonempty(path))
+    conversations = []
+    for line, record in rows:
+        messages = record.get("messages")
+        if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
+        ):
+            raise DataError(
+                f"{path}, line {line}: expected \"messages\": a list of {{\"role\": ..., \"content\": ...}} "
+                "objects with string values"
+            )
+        if not any(m["role"] == "assistant" for m in messages):
+            raise DataError(f"{path}, line {line}: the conversation has no assistant message to train on")
+        conversations.append(messages)
+    if not conversations:
+        raise DataError(f"{path}: no records; expected chat conversations")
+    return conversations
 
 
 def read_documents(path, text_field=None):

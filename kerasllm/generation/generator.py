@@ -225,7 +225,10 @@ class Generator:
         if self.context is not None and total > self.context:
             raise ValueError(f"beam search needs prompt + max_new_tokens <= block_size ({self.context})")
         run = self._beam_loop(num_beams, tuple(int(i) for i in stop_ids))
-        buffer, mask = _right_padded(rows, total)
+        # keras-hub's sampler reads a stop id anywhere past the prompt as a finished beam: the
+        # positions still to generate must hold another id (a stop id 0 is common: <|endoftext|>).
+        fill = next(i for i in range(len(stop_ids) + 1) if i not in stop_ids)
+        buffer, mask = _right_padded(rows, total, fill)
         beams, log_probs = run(buffer, mask, lengths.astype(np.int32), (lengths + max_new_tokens).astype(np.int32))
         beams, log_probs = np.asarray(beams), np.asarray(log_probs, np.float64)  # (B, beams, L), (B, beams)
         sequences, scores = [], np.zeros_like(log_probs)
@@ -356,9 +359,9 @@ class Generator:
             history = np.concatenate([history, token[:, None]], axis=1)
 
 
-def _right_padded(rows, length):
-    """`(buffer, mask)`: the rows left-aligned in int32 zeros `(batch, length)`, and where they are."""
-    buffer = np.zeros((len(rows), length), np.int32)
+def _right_padded(rows, length, fill=0):
+    """`(buffer, mask)`: the rows left-aligned in int32 `fill`s `(batch, length)`, and where they are."""
+    buffer = np.full((len(rows), length), fill, np.int32)
     mask = np.zeros((len(rows), length), bool)
     for i, row in enumerate(rows):
         buffer[i, : len(row)] = row

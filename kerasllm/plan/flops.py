@@ -5,14 +5,15 @@ appendix B; nanoGPT's `estimate_mfu`): each of the `N` matmul parameters does on
 (2 FLOPs) in the forward pass and two in the backward pass (gradients of inputs and of weights),
 and attention adds `2 * 2 T d` forward FLOPs per token and layer (scores `q k^T` and the weighted
 sum over values across a context of `T`), tripled by the backward pass. Forward-only inference is
-`2 N + 4 L T d`, where `T` is the attended context. `N` counts the parameters that take part in a
+`2 N + 4 L T d`, where `T` is the attended context and `d` the query heads' width
+`n_head * head_dim` (the model width unless `model.head_dim` sets it apart, as Qwen3 does). `N` counts the parameters that take part in a
 matmul per token (`count_params(...)["compute"]`): lookup-only tables (learned positions, an
 untied token table) cost no FLOPs; a tied embedding does, as the output head. Norms, biases,
 softmax and the causal mask's saving are left out, as in the papers: they are under 1% for
 models wider than a few hundred units.
 """
 
-from kerasllm.plan.params import count_params
+from kerasllm.plan.params import count_params, head_dims
 
 
 def flops_per_token(model_config, seq_len=None, training=True, vocab_size=None):
@@ -37,7 +38,11 @@ def flops_per_token(model_config, seq_len=None, training=True, vocab_size=None):
     c = model_config
     n = count_params(c, vocab_size)["compute"]
     t = c.block_size if seq_len is None else seq_len
-    attention = 4 * c.n_layer * t * c.n_embd if c.arch == "gpt" else 0
+    if c.arch == "gpt":  # scores and weighted sum span the query heads' width (n_embd unless head_dim is set)
+        n_head, _, head_dim, _ = head_dims(c)
+        attention = 4 * c.n_layer * t * n_head * head_dim
+    else:
+        attention = 0
     per_token = 2 * n + attention
     return 3 * per_token if training else per_token
 

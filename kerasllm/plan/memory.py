@@ -86,6 +86,8 @@ def activation_bytes_per_token(model_config, seq_len=None, precision="float32", 
         split = (n_head + 2 * n_kv) * hd + n_head * hd
         if c.positions == "rope":
             split += (n_head + n_kv) * hd
+        if c.qk_norm:  # the normalized queries and keys
+            split += (n_head + n_kv) * hd
         split += n_head if flash_attention else 2 * n_head * t
         split += 4 * hidden if c.mlp == "swiglu" else 2 * hidden
         mask = 2 * d if c.dropout else 0  # one byte per element: attention and MLP outputs

@@ -3,6 +3,10 @@
 `weight_shapes` mirrors `kerasllm.models.GPT` / `LSTMLanguageModel` variable by variable (same
 paths, without the model-name prefix, and the same shapes), so counts equal
 `model.count_params()` without building anything: a 7B model is planned in microseconds.
+Every `[model]` option that changes a shape counts: grouped-query `n_kv_head`, `head_dim`,
+`qkv_bias`, `qk_norm`, an untied head, `mlp = "swiglu"` and `mlp_hidden` (imported
+checkpoints use them all; tested against `count_params()` of imported GPT-2, Llama, Qwen2 and
+Qwen3 models).
 """
 
 import dataclasses
@@ -42,7 +46,8 @@ def head_dims(model_config):
 
     c = model_config
     n_kv = c.n_kv_head or c.n_head
-    return c.n_head, n_kv, c.n_embd // c.n_head, c.mlp_hidden or default_mlp_hidden(c.n_embd, c.mlp)
+    head_dim = c.head_dim or c.n_embd // c.n_head  # Qwen3 sets it apart from n_embd / n_head
+    return c.n_head, n_kv, head_dim, c.mlp_hidden or default_mlp_hidden(c.n_embd, c.mlp)
 
 
 def weight_shapes(model_config, vocab_size=None):
@@ -97,16 +102,19 @@ def weight_shapes(model_config, vocab_size=None):
         out = [Weight(prefix + "/gamma", (d,), "norms", layer)]
         return out + ([Weight(prefix + "/beta", (d,), "norms", layer)] if c.bias else [])
 
-    def dense(prefix, fan_in, fan_out, component, layer):
+    def dense(prefix, fan_in, fan_out, component, layer, bias=c.bias):
         out = [Weight(prefix + "/kernel", (fan_in, fan_out), component, layer)]
-        return out + ([Weight(prefix + "/bias", (fan_out,), component, layer)] if c.bias else [])
+        return out + ([Weight(prefix + "/bias", (fan_out,), component, layer)] if bias else [])
 
     fc_width = 2 * hidden if c.mlp == "swiglu" else hidden  # SwiGLU's gate and up are one matmul
     for i in range(c.n_layer):
         p = f"block_{i}/"
         weights += norm(p + "norm_1", i)
-        weights += dense(p + "attn/qkv", d, (n_head + 2 * n_kv) * head_dim, "attention", i)
+        # Qwen2's qkv_bias: biases on the QKV projection alone.
+        weights += dense(p + "attn/qkv", d, (n_head + 2 * n_kv) * head_dim, "attention", i, c.bias or c.qkv_bias)
         weights += dense(p + "attn/proj", n_head * head_dim, d, "attention", i)
+        if c.qk_norm:  # Qwen3: one RMSNorm scale over each head's queries, one over its keys
+            weights += [Weight(p + f"attn/{n}_norm/scale", (head_dim,), "norms", i) for n in "qk"]
         weights += norm(p + "norm_2", i)
         weights += dense(p + "mlp/fc", d, fc_width, "mlp", i)
         weights += dense(p + "mlp/proj", hidden, d, "mlp", i)

@@ -25,7 +25,9 @@ def build_parser():
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="config keys for --set:\n" + describe_keys(),
     )
-    parser.add_argument("--from", dest="from_run", default=None, help="the pretrained run directory (required)")
+    parser.add_argument("--from", dest="from_run", default=None,
+                        help="the pretrained run directory or checkpoint: a Hugging Face or keras-hub folder, "
+                        "hf://ORG/NAME or a keras-hub preset name (required)")
     parser.add_argument("--data", default=None, help="training file: TSV/CSV/JSONL (classify) or JSONL (sft); "
                         "overrides data.dataset")
     parser.add_argument("--task", choices=["classify", "sft"], default=None, help="overrides finetune.task")
@@ -61,8 +63,10 @@ def main(argv=None):
             config.override(assignment)
     if not args.from_run:
         raise ConfigError("--from RUN_DIR is required: the pretrained run to start from")
-    if not Path(args.from_run).is_dir():
-        raise RunError(f"--from {args.from_run}: no such run directory")
+    from kerasllm.checkpoints import is_pretrained_source
+
+    if not Path(args.from_run).is_dir() and not is_pretrained_source(args.from_run):
+        raise RunError(f"--from {args.from_run}: no such run directory, hf://ORG/NAME or keras-hub preset name")
     if config.data.dataset == Config().data.dataset:
         raise ConfigError("--data FILE is required (or data.dataset in the recipe): the fine-tuning examples")
     output = Path(args.output) if args.output else Path("saved_models") / config.name

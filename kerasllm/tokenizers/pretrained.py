@@ -256,6 +256,54 @@ class PretrainedTokenizer(Tokenizer):
             done = full
         return pairs
 
+    def encode_chat(self, messages):
+        """`(ids, assistant_mask)` of a conversation rendered with the chat template.
+
+        Each `chat_turns` pair is encoded on its own, prompt then response, so the ids of a
+        prompt are the ones `generate --chat` feeds the model and a response starts where
+        generation starts. `assistant_mask` is 1 on the response tokens of every assistant
+        turn (its content and the template's end-of-turn text) and 0 on everything else
+        (system and user turns, role headers, the generation prompt).
+
+        Examples:
+
+        >>> from tokenizers import Tokenizer as HF, models, pre_tokenizers, decoders
+        >>> hf = HF(models.BPE(vocab={"<|endoftext|>": 0, "<|im_end|>": 1, "a": 2, "b": 3, ":": 4,
+        ...                                 "u": 5},
+        ...                    merges=[]))
+        >>> hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        >>> _ = hf.add_special_tokens(["<|endoftext|>", "<|im_end|>"])
+        >>> template = ("{% for m in messages %}{{ m['role'][0] }}:{{ m['content'] }}<|im_end|>{% endfor %}"
+        ...             "{% if add_generation_prompt %}a:{% endif %}")
+        >>> tok = PretrainedTokenizer(hf.to_str(), roles={"eos": "<|endoftext|>"}, chat_template=template)
+        >>> ids, mask = tok.encode_chat([{"role": "user", "content": "b"}, {"role": "assistant", "content": "bb"}])
+        >>> ids.tolist(), mask.tolist()
+        ([5, 4, 3, 1, 2, 4, 3, 3, 1], [0, 0, 0, 0, 0, 0, 1, 1, 1])
+        """
+        ids, mask = [], []
+        for prompt, response in self.chat_turns(messages):
+            prompt_ids, response_ids = self.encode(prompt).tolist(), self.encode(response).tolist()
+            ids += prompt_ids + response_ids
+            mask += [0] * len(prompt_ids) + [1] * len(response_ids)
+        return np.asarray(ids, np.int32), np.asarray(mask, np.int8)
+
+    def end_of_turn_ids(self):
+        """The ids that end an assistant turn: the first special token the chat template
+        writes after an assistant message's content (`<|im_end|>`, `<|eot_id|>`,
+        `<end_of_turn>`, `</s>`), then `eos`.
+
+        Raises:
+            DataError: the checkpoint has no `chat_template`.
+        """
+        marker = "kerasllm-assistant-content"
+        rendered = self.apply_chat_template(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}]
+        )
+        after = rendered[rendered.rindex(marker) + len(marker):] if marker in rendered else ""
+        found = sorted((after.index(token), token) for token in self.special_tokens if token in after)
+        ids = [self._vocab[found[0][1]]] if found else []
+        return tuple(dict.fromkeys([*ids, self.eos_id]))
+
     # --- graph side ----------------------------------------------------------------------
     @property
     def hub_tokenizer(self):

@@ -130,7 +130,7 @@ def pretrain(config, output_dir, restart=False, overwrite=False, init_from=None,
     config = _resolve(config)
     placement = _early_placement(config, log)  # a multi-worker strategy must exist before any TF op
     with _open_run(output_dir, placement, replace=restart or overwrite) as run:
-        source = _init_source(init_from, log)
+        source = _init_source(init_from, config, log)
         config = _adopt(config, source)
         resume = None if restart else _find_resume(run, config, log)
         tokenizer = resume["tokenizer"] if resume else source and source[1]
@@ -168,11 +168,13 @@ def _resolve(config):
     return copy.deepcopy(config).validate()
 
 
-def _init_source(init_from, log):
-    """`(config, tokenizer, model)` of the `init_from` checkpoint, or None."""
+def _init_source(init_from, config, log):
+    """`(config, tokenizer, model)` of the `init_from` checkpoint, or None; cropped to
+    `--set model.block_size=N` when that is given (a recipe's `[model]` does not apply)."""
     if init_from is None:
         return None
-    source = load_run(init_from)
+    set_by_flag = (config.source_of("model.block_size") or "").startswith("--set")
+    source = load_run(init_from, block_size=config.model.block_size if set_by_flag else None)
     log(f"init from {init_from}: {source[2].count_params():,} parameters, {source[1].kind} tokenizer")
     return source
 

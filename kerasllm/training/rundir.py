@@ -326,15 +326,22 @@ class RunDir:
         self.write_json(self.best_info_path, info)
 
 
-def load_run(run_dir):
+def load_run(run_dir, block_size=None):
     """Loads `(config, tokenizer, model)` from a run directory written by kerasllm, or from a
     published checkpoint (a Hugging Face or keras-hub folder, `hf://ORG/NAME`, a preset name;
     see `kerasllm.checkpoints.load_pretrained`).
 
     A run's final `model.keras` is used, or else its newest intact checkpoint.
 
+    Args:
+        run_dir: the run directory or checkpoint.
+        block_size: a GPT context to run with (`--set model.block_size=N`); `None` keeps the
+            model's. Shorter crops it (learned position tables are sliced, as nanoGPT's
+            `crop_block_size`; RoPE needs nothing); longer is a `ConfigError`.
+
     Raises:
         RunError: not a run directory, or its files are missing or damaged (named).
+        ConfigError: `block_size` is longer than the model's context.
     """
     from kerasllm.checkpoints import is_pretrained_source, load_pretrained
     from kerasllm.config import load_config
@@ -342,7 +349,7 @@ def load_run(run_dir):
 
     run = RunDir(run_dir)
     if not run.exists() and (is_pretrained_source(run_dir) or (run.path / "config.json").is_file()):
-        return load_pretrained(run_dir)  # a config.json in neither format gets its error there
+        return load_pretrained(run_dir, block_size=block_size)  # a config.json in neither format gets its error there
     if not run.path.is_dir():
         raise RunError(f"{run.path}: no such run directory (nor a Hugging Face / keras-hub checkpoint)")
     if not run.exists():
@@ -355,4 +362,33 @@ def load_run(run_dir):
         model_path, _ = run.latest_checkpoint()
         if model_path is None:
             raise RunError(f"{run.path}: no {run.model_path.name} and no intact checkpoint to load")
-    return config, tokenizer, load_keras_model(model_path)
+    model = load_keras_model(model_path)
+    from kerasllm.models import GPT
+
+    if block_size and isinstance(model, GPT) and block_size != config.model.block_size:
+        config, model = _cropped(config, model, block_size, run.config_path)
+    return config, tokenizer, model
+
+
+def _cropped(config, model, block_size, source):
+    """`(config, model)` with the context cut to `block_size` (the first rows of every
+    per-position table; everything else copied as it is)."""
+    import dataclasses
+
+    from kerasllm.errors import ConfigError
+    from kerasllm.models import build_model
+
+    context = config.model.block_size
+    if block_size > context:
+        raise ConfigError(
+            f"{source}: the run's context is {context} tokens; model.block_size = {block_size} is longer "
+            f"(use at most {context})"
+        )
+    config = config.replace(model=dataclasses.replace(config.model, block_size=block_size))
+    cropped = build_model(config.model, vocab_size=model.vocab_size)
+    for new, old in zip(cropped.weights, model.weights):
+        value = old.numpy()
+        if tuple(value.shape) != tuple(new.shape) and value.shape[0] == context:
+            value = value[:block_size]  # learned positions: (block_size, n_embd)
+        new.assign(value)
+    return config, cropped

@@ -58,7 +58,8 @@ def finetune(config, from_run, output_dir, log=print, verbose="auto"):
     started = time.perf_counter()
     task, run = TASKS[config.finetune.task], RunDir(output_dir)
     refuse_source_as_output(from_run, output_dir)
-    pretrained, tokenizer, backbone = load_run(from_run)
+    cropped = (config.source_of("model.block_size") or "").startswith("--set")  # else the run's context
+    pretrained, tokenizer, backbone = load_run(from_run, block_size=config.model.block_size if cropped else None)
     with run:  # the directory's lock, held while the run is written
         run.claim(KINDS[config.finetune.task], what="finetune")
         config = resolve_model(config, pretrained, tokenizer)  # a copy: the caller's stays as given

@@ -1,4 +1,5 @@
-"""Supervised fine-tuning: prompt -> response pairs, packed into rows, loss on responses only."""
+"""Supervised fine-tuning: prompt -> response pairs or chat conversations, packed into rows,
+loss on responses (assistant turns) only."""
 
 from dataclasses import dataclass
 
@@ -6,7 +7,7 @@ import keras
 import numpy as np
 
 from kerasllm.data.batches import make_dataset
-from kerasllm.data.readers import read_prompt_response
+from kerasllm.data.readers import has_messages, read_conversations, read_prompt_response
 from kerasllm.errors import DataError
 from kerasllm.models import GPT
 from kerasllm.models.lora import apply_lora
@@ -42,17 +43,45 @@ def pack_sft_examples(tokenizer, prompts, responses, block_size, pack=True):
     >>> seg[0].tolist()
     [1, 1, 1, 1, 1, 2, 2, 2, 2, 0]
     """
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    examples = []
+    for prompt, response in zip(tokenizer.encode_batch(list(prompts)), tokenizer.encode_batch(list(responses))):
+        prompt_ids = [tokenizer.bos_id, *prompt.tolist()]
+        response_ids = [*response.tolist(), tokenizer.eos_id]
+        examples.append((prompt_ids + response_ids, [0] * len(prompt_ids) + [1] * len(response_ids)))
+    return pack_examples(examples, block_size, tokenizer.pad_id, pack)
+
+
+def pack_chat_examples(tokenizer, conversations, block_size, pack=True):
+    """Packs chat conversations, rendered with the tokenizer's chat template, into rows.
+
+    Each conversation is `PretrainedTokenizer.encode_chat`'s ids (the template writes any
+    `<bos>` and end-of-turn tokens itself, so none are added); the loss weight is 1 exactly on
+    the tokens of assistant turns. Rows, segments and truncation are as in `pack_sft_examples`.
+
+    Args:
+        tokenizer: a tokenizer with a `chat_template` (a checkpoint's `PretrainedTokenizer`).
+        conversations: lists of `{"role": ..., "content": ...}` messages.
+
+    Returns:
+        `(x, y, weights, segment_ids)`, each `(rows, block_size)`.
+    """
+    examples = [tuple(a.tolist() for a in tokenizer.encode_chat(messages)) for messages in conversations]
+    return pack_examples(examples, block_size, tokenizer.pad_id, pack)
+
+
+def pack_examples(examples, block_size, pad_id, pack=True):
+    """Packs `(token_ids, scored)` examples into `(x, y, weights, segment_ids)` rows.
+
+    `scored[t]` is 1 where token `t` is one the model should learn to produce; the weight of
+    target `t` (token `t + 1`) is `scored[t + 1]`. See `pack_sft_examples`.
+    """
     row_length = block_size + 1
     rows, weights, segments = [], [], []
     row, weight, segment = [], [], []
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    encoded = zip(tokenizer.encode_batch(list(prompts)), tokenizer.encode_batch(list(responses)))
-    for prompt, response in encoded:
-        prompt_ids = [tokenizer.bos_id, *prompt.tolist()]
-        response_ids = [*response.tolist(), tokenizer.eos_id]
-        tokens = (prompt_ids + response_ids)[:row_length]
-        scored = ([0] * len(prompt_ids) + [1] * len(response_ids))[:row_length]
+    for tokens, scored in examples:
+        tokens, scored = list(tokens)[:row_length], list(scored)[:row_length]
         if row and (not pack or len(row) + len(tokens) > row_length):
             rows.append(row)
             weights.append(weight)
@@ -67,7 +96,7 @@ def pack_sft_examples(tokenizer, prompts, responses, block_size, pack=True):
         segments.append(segment)
     if not rows:
         raise DataError("no prompt/response examples to train on")
-    ids = np.full((len(rows), row_length), tokenizer.pad_id, dtype=np.int32)
+    ids = np.full((len(rows), row_length), pad_id, dtype=np.int32)
     mask = np.zeros((len(rows), row_length), dtype=np.float32)
     segment_ids = np.zeros((len(rows), row_length), dtype=np.int32)
     for i, (r, m, g) in enumerate(zip(rows, weights, segments)):
@@ -98,19 +127,37 @@ class Examples:
 
 
 def load_examples(config, tokenizer, backbone):
-    """Reads and packs the prompt/response files (the validation rows held out when no
-    `finetune.val_data` is given)."""
+    """Reads and packs the training file (the validation rows held out when no
+    `finetune.val_data` is given).
+
+    A `.jsonl` file whose rows hold `messages` is chat data, rendered with the tokenizer's
+    chat template (loss on assistant turns only); otherwise rows are prompt/response pairs.
+    """
     ft = config.finetune
     pack = isinstance(backbone, GPT)  # an LSTM's state would leak between packed examples
-    prompts, responses = read_prompt_response(config.data.dataset, ft.prompt_field, ft.response_field)
-    rows = pack_sft_examples(tokenizer, prompts, responses, ft.max_length, pack=pack)
+    count, rows = read_and_pack(config.data.dataset, config, tokenizer, pack)
     if ft.val_data:
-        val_pairs = read_prompt_response(ft.val_data, ft.prompt_field, ft.response_field)
-        val = pack_sft_examples(tokenizer, *val_pairs, ft.max_length, pack=pack)
+        _, val = read_and_pack(ft.val_data, config, tokenizer, pack)
     else:
         keep, held = holdout(len(rows[0]), ft.val_fraction, config.train.seed)
         rows, val = tuple(a[keep] for a in rows), tuple(a[held] for a in rows)
-    return Examples(len(prompts), pack, rows, val)
+    return Examples(count, pack, rows, val)
+
+
+def read_and_pack(path, config, tokenizer, pack):
+    """`(examples, rows)` of one SFT file: chat conversations or prompt/response pairs."""
+    ft = config.finetune
+    if has_messages(path):
+        if not getattr(tokenizer, "chat_template", None):
+            raise DataError(
+                f"{path}: rows hold \"messages\" (chat) but the model's tokenizer has no chat template "
+                "(no chat_template key in its tokenizer_config.json); use a chat checkpoint or "
+                f"{ft.prompt_field!r}/{ft.response_field!r} rows (finetune.prompt_field, finetune.response_field)"
+            )
+        conversations = read_conversations(path)
+        return len(conversations), pack_chat_examples(tokenizer, conversations, ft.max_length, pack=pack)
+    prompts, responses = read_prompt_response(path, ft.prompt_field, ft.response_field)
+    return len(prompts), pack_sft_examples(tokenizer, prompts, responses, ft.max_length, pack=pack)
 
 
 def build(config, backbone, tokenizer, examples):
