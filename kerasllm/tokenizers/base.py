@@ -338,6 +338,70 @@ def split_lines(texts):
     return lines.with_flat_values(values)
 
 
+def special_spans(units, specials):
+    """Where special tokens occur in text given as a 1-D array of units (codepoints or bytes).
+
+    Matches as `re.split` on the longest-first alternation of the specials does: leftmost
+    first, the longest special at a position, never overlapping. Candidates are found with a
+    few vectorized comparisons; only overlapping candidates (rare) are resolved in Python.
+
+    Args:
+        units: 1-D integer array, the text.
+        specials: `(units of the special token, its id)` pairs.
+
+    Returns:
+        `(starts, ends, ids)`: int64 arrays, in text order.
+
+    Examples:
+
+    >>> text = np.frombuffer(b"a<s><s>>b", np.uint8)
+    >>> [a.tolist() for a in special_spans(text, [(np.frombuffer(b"<s>", np.uint8), 7)])]
+    [[1, 4], [4, 7], [7, 7]]
+    """
+    starts, lengths, ids = [], [], []
+    for token, token_id in specials:
+        size = len(token)
+        if not size or size > len(units):
+            continue
+        found = np.flatnonzero(units[: len(units) - size + 1] == token[0])
+        for k in range(1, size):
+            found = found[units[found + k] == token[k]]
+        starts.append(found)
+        lengths.append(np.full(len(found), size, np.int64))
+        ids.append(np.full(len(found), token_id, np.int64))
+    if not starts:
+        return (np.zeros([0], np.int64),) * 3
+    starts, lengths, ids = (np.concatenate(a).astype(np.int64) for a in (starts, lengths, ids))
+    order = np.lexsort((-lengths, starts))  # by start, the longest first
+    starts, lengths, ids = starts[order], lengths[order], ids[order]
+    ends = starts + lengths
+    if len(starts) > 1 and np.any(starts[1:] < ends[:-1]):  # overlaps: keep them greedily
+        keep, last = np.zeros(len(starts), bool), -1
+        for i, (start, end) in enumerate(zip(starts.tolist(), ends.tolist())):
+            if start >= last:
+                keep[i], last = True, end
+        starts, ends, ids = starts[keep], ends[keep], ids[keep]
+    return starts, ends, ids
+
+
+def replace_spans(ids, starts, ends, span_ids):
+    """`ids` with each span `[start, end)` replaced by its one id (int32; `ids` may be reused).
+
+    Examples:
+
+    >>> replace_spans(np.arange(6), np.array([1, 4]), np.array([3, 5]), np.array([9, 8])).tolist()
+    [0, 9, 3, 8, 5]
+    """
+    ids = np.asarray(ids, np.int32)
+    if not len(starts):
+        return ids
+    ids[starts] = span_ids
+    delta = np.zeros(len(ids) + 1, np.int8)  # +1 after a span's first unit, -1 at its end
+    delta[starts + 1] += 1  # (spans never overlap: each index is set once per line)
+    delta[ends] -= 1
+    return ids[np.cumsum(delta[:-1], dtype=np.int8) == 0]
+
+
 def count_codepoints(texts, chunk_chars=1 << 22):
     """Occurrences of every Unicode codepoint in an iterable of strings, in one streaming pass.
 
