@@ -114,13 +114,13 @@ def corpus_pieces(data, stats=None):
         yield Piece(text, piece.first, piece.last)
 
 
-def corpus_items(data, stats=None):
+def corpus_items(data, stats=None, range_bytes=None):
     """The corpus as the units of work read: plain text files as `TextRange`s that the
     workers read themselves (no text through pipes), the rest as pieces. Cleaning and
     `on_error = "skip"` need the text in this process, so they read everything as pieces."""
     if parse_steps(data.clean) or data.on_error != "raise":
         return corpus_pieces(data, stats)
-    return iter_items(data.dataset, data.text_field, data.on_error, stats, range_bytes=shard_bytes(data))
+    return iter_items(data.dataset, data.text_field, data.on_error, stats, range_bytes or shard_bytes(data))
 
 
 def shard_bytes(data):
@@ -182,7 +182,8 @@ def train_tokenizer(data, log=print):
     cls = get_tokenizer_class(kind)
     if kind == "char":
         counts = np.zeros(0x110000, np.int64)
-        for seen, count in map_units(_count_job, iter_units(corpus_items(data), shard_bytes(data)), num_workers(data)):
+        unit = max(1, shard_bytes(data) // 4)  # smaller than shards: the workers end together
+        for seen, count in map_units(_count_job, iter_units(corpus_items(data, range_bytes=unit), unit), num_workers(data)):
             counts[seen] += count
         return char_tokenizer_from_counts(counts, data.vocab_size, options["special_tokens"])
     if kind == "byte":
