@@ -178,7 +178,7 @@ def throughput(scratch, mb):
     for kind in ("char", "byte", "bpe"):
         for num_proc in (1, 2):
             measure(f"kerasllm {kind}" + (" 8k" if kind == "bpe" else ""), num_proc,
-                    lambda: prepare_seconds(corpus, scratch / "cache", kind, num_proc))
+                    lambda kind=kind, num_proc=num_proc: prepare_seconds(corpus, scratch / "cache", kind, num_proc))
     measure("HF tokenizers bpe 8k train + encode_batch", "rayon", lambda: hf_seconds(corpus))
     corpus.unlink()
     return {"mb": mb, "rows": rows}
