@@ -396,10 +396,13 @@ def replace_spans(ids, starts, ends, span_ids):
     if not len(starts):
         return ids
     ids[starts] = span_ids
-    delta = np.zeros(len(ids) + 1, np.int8)  # +1 after a span's first unit, -1 at its end
-    delta[starts + 1] += 1  # (spans never overlap: each index is set once per line)
-    delta[ends] -= 1
-    return ids[np.cumsum(delta[:-1], dtype=np.int8) == 0]
+    extra = ends - starts - 1  # the units after each span's first: dropped
+    if not extra.any():
+        return ids
+    first = np.repeat(starts + 1 - np.cumsum(extra) + extra, extra)
+    keep = np.ones(len(ids), bool)
+    keep[first + np.arange(len(first))] = False
+    return ids[keep]
 
 
 def count_codepoints(texts, chunk_chars=1 << 22):
