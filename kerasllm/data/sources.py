@@ -202,7 +202,7 @@ def text_ranges(path, size, range_bytes):
         while size - start > range_bytes:
             f.seek(start + range_bytes)
             window = f.read(4 * BLOCK + 4)
-            cut = window.find(b"\n", 0, 4 * BLOCK) + 1
+            cut = window.find(b"\n") + 1
             if not cut:  # one enormous line: cut anyway, before a UTF-8 character (not inside one)
                 cut = min(4 * BLOCK, len(window))
                 while 0 < cut < len(window) and window[cut] & 0xC0 == 0x80:

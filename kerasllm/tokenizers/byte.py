@@ -56,7 +56,8 @@ class ByteTokenizer(Tokenizer):
     def encode_utf8(self, raw):
         """Encodes UTF-8 bytes (a `bytes` object) as `encode` encodes the text they spell."""
         units = np.frombuffer(raw, dtype=np.uint8)
-        ids = units.astype(np.int32) + self.offset
+        ids = units.astype(np.int32)
+        ids += self.offset
         specials = [(np.frombuffer(t.encode("utf-8"), np.uint8), i) for i, t in enumerate(self.special_tokens)]
         return replace_spans(ids, *special_spans(units, specials))
 
