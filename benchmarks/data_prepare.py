@@ -6,7 +6,8 @@ English corpora in ../shared/data (Tiny Shakespeare, WikiText-2) up to the asked
 deleted at the end; nothing is committed.
 
 * throughput (`--mb`, default 200): end to end (read, train the tokenizer, encode, write
-  shards; timed inside a fresh process, after its imports), MB of text per second, for char, byte and BPE 8k with `data.num_proc` = 1 and 2,
+  shards; timed inside a fresh process, after its imports, with the CPU seconds of that
+  process and its workers over the same span), MB of text per second, for char, byte and BPE 8k with `data.num_proc` = 1 and 2,
   and Hugging Face `tokenizers` training a byte-level BPE of the same size on the same file
   and encoding it with `encode_batch`, in the same run;
 * rss (`--gb`, default 1,5): peak RSS of `pretrain --recipe default --set train.max_steps=20`
@@ -14,7 +15,9 @@ deleted at the end; nothing is committed.
   over its process tree (sampled from /proc every 0.2 s; forked workers share pages, so the
   sum over-counts).
 
-The CPU may be shared with other work: compare the rows of one run side by side.
+The CPU may be shared with other work: compare the rows of one run side by side. Each row also
+records the CPU seconds it used (user + system, all threads and workers) and the load average
+when it ended, so a run on a busy host can be told from one on a quiet host.
 
     python benchmarks/data_prepare.py [--mb 200] [--gb 1,5] [--parts throughput,rss]
 
@@ -64,33 +67,40 @@ def build_corpus(path, size_bytes, seed=0):
     return path
 
 
-PREPARE = """
+CPU_SECONDS = """
+import resource
+def cpu_seconds():  # this process (all its threads) and its ended workers
+    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
+"""
+
+PREPARE = CPU_SECONDS + """
 import sys, time
 from kerasllm.config import load_config
 from kerasllm.data.prepare import prepare_lm_data
 config = load_config("default", sys.argv[1:])
-started = time.perf_counter()
+started, cpu = time.perf_counter(), cpu_seconds()
 prepare_lm_data(config.data, log=lambda *_: None)
-print(time.perf_counter() - started)
+print(time.perf_counter() - started, cpu_seconds() - cpu)
 """
 
 
 def prepare_seconds(corpus, cache, tokenizer, num_proc):
     """Seconds of `prepare_lm_data` (read, train the tokenizer, encode, write; empty cache) in
-    a fresh process, not counting the interpreter's start and imports."""
+    a fresh process, not counting the interpreter's start and imports; and its CPU seconds."""
     settings = [f'data.dataset="{corpus}"', f"data.tokenizer={tokenizer}", f"data.num_proc={num_proc}",
                 f'data.cache_dir="{cache}"', "data.vocab_size=" + ("8000" if tokenizer == "bpe" else "0")]
     done = subprocess.run([sys.executable, "-c", PREPARE, *settings], check=True, cwd=REPO, capture_output=True,
                           text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
     shutil.rmtree(cache, ignore_errors=True)
-    return float(done.stdout.split()[-1])
+    return tuple(map(float, done.stdout.split()[-2:]))
 
 
-HF_BASELINE = """
+HF_BASELINE = CPU_SECONDS + """
 import sys, time
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 path = sys.argv[1]
-started = time.perf_counter()
+started, cpu = time.perf_counter(), cpu_seconds()
 hf = Tokenizer(models.BPE())
 hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
 trainer = trainers.BpeTrainer(vocab_size=8000, min_frequency=2, show_progress=False,
@@ -102,15 +112,15 @@ with open(path, encoding="utf-8") as f:
         if not lines:
             break
         hf.encode_batch(lines)
-print(time.perf_counter() - started)
+print(time.perf_counter() - started, cpu_seconds() - cpu)
 """
 
 
 def hf_seconds(corpus):
     """Seconds of HF `tokenizers`: train a BPE of 8,000 on the file, then `encode_batch` it
-    (its own Rust thread pool uses every core)."""
+    (its own Rust thread pool uses every core), and its CPU seconds."""
     done = subprocess.run([sys.executable, "-c", HF_BASELINE, str(corpus)], check=True, capture_output=True, text=True)
-    return float(done.stdout.split()[-1])
+    return tuple(map(float, done.stdout.split()[-2:]))
 
 
 def tree_rss(pid):
@@ -158,15 +168,18 @@ def pretrain_peak(corpus, scratch):
 def throughput(scratch, mb):
     corpus = build_corpus(scratch / f"corpus-{mb}mb.txt", mb * 10**6)
     rows = []
+
+    def measure(what, num_proc, run):
+        seconds, cpu = run()
+        rows.append({"what": what, "num_proc": num_proc, "seconds": seconds, "mb_per_s": mb / seconds,
+                     "cpu_seconds": cpu, "load_1min": os.getloadavg()[0]})
+        print(f"  {rows[-1]}", flush=True)
+
     for kind in ("char", "byte", "bpe"):
         for num_proc in (1, 2):
-            seconds = prepare_seconds(corpus, scratch / "cache", kind, num_proc)
-            rows.append({"what": f"kerasllm {kind}", "num_proc": num_proc, "seconds": seconds, "mb_per_s": mb / seconds})
-            print(f"  {rows[-1]}", flush=True)
-    seconds = hf_seconds(corpus)
-    rows.append({"what": "HF tokenizers bpe train + encode_batch", "num_proc": "rayon", "seconds": seconds,
-                 "mb_per_s": mb / seconds})
-    print(f"  {rows[-1]}", flush=True)
+            measure(f"kerasllm {kind}" + (" 8k" if kind == "bpe" else ""), num_proc,
+                    lambda kind=kind, num_proc=num_proc: prepare_seconds(corpus, scratch / "cache", kind, num_proc))
+    measure("HF tokenizers bpe 8k train + encode_batch", "rayon", lambda: hf_seconds(corpus))
     corpus.unlink()
     return {"mb": mb, "rows": rows}
 
@@ -192,7 +205,7 @@ def main():
     parser.add_argument("--output", default=str(Path(__file__).with_suffix(".json")))
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="kerasllm-bench-", dir=args.scratch))
-    result = {"cpus": os.cpu_count()}
+    result = {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()}
     try:
         if "throughput" in args.parts:
             result["throughput"] = throughput(scratch, args.mb)
@@ -201,9 +214,15 @@ def main():
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     Path(args.output).write_text(json.dumps(result, indent=1))
-    print("\n| what | workers | seconds | MB/s |\n| --- | --- | --- | --- |")
-    for row in result.get("throughput", {}).get("rows", []):
-        print(f"| {row['what']} | {row['num_proc']} | {row['seconds']:.1f} | {row['mb_per_s']:.1f} |")
+    rows = result.get("throughput", {}).get("rows", [])
+    print(f"\n{result.get('throughput', {}).get('mb', '?')} MB, {os.cpu_count()} CPUs")
+    print("| what | workers | seconds | MB/s | 2 workers vs 1 | CPU seconds | load average |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        one = next((r for r in rows if r["what"] == row["what"] and r["num_proc"] == 1), None)
+        speedup = f"{one['seconds'] / row['seconds']:.2f}x" if row["num_proc"] == 2 and one else ""
+        print(f"| {row['what']} | {row['num_proc']} | {row['seconds']:.1f} | {row['mb_per_s']:.2f} | {speedup} | "
+              f"{row['cpu_seconds']:.1f} | {row['load_1min']:.1f} |")
     print("\n| corpus | main process peak RSS | process tree peak RSS | seconds |\n| --- | --- | --- | --- |")
     for row in result.get("rss", []):
         print(f"| {row['corpus_gb']:g} GB | {row['main_peak_gb']:.2f} GB | {row['tree_peak_gb']:.2f} GB | {row['seconds']:.0f} |")

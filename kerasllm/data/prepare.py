@@ -32,9 +32,10 @@ import numpy as np
 
 from kerasllm.data.cache import cache_root
 from kerasllm.data.cleaning import clean_text, parse_steps
-from kerasllm.data.sources import Piece, SourceStats, iter_files, iter_pieces
+from kerasllm.data.sources import Piece, SourceStats, TextRange, iter_files, iter_items, iter_pieces, read_range
 from kerasllm.data.store import (
     INDEX_FILE,
+    STORE_VERSION,
     TokenStore,
     id_dtype,
     read_shard_record,
@@ -45,7 +46,7 @@ from kerasllm.data.store import (
 )
 from kerasllm.errors import DataError
 from kerasllm.tokenizers import CharTokenizer, get_tokenizer_class, load_tokenizer
-from kerasllm.tokenizers.base import DEFAULT_SPECIAL_TOKENS, count_codepoints
+from kerasllm.tokenizers.base import DEFAULT_SPECIAL_TOKENS, codepoint_counts
 
 STORE_TOKENIZER_DIR = "tokenizer"
 
@@ -113,6 +114,28 @@ def corpus_pieces(data, stats=None):
         yield Piece(text, piece.first, piece.last)
 
 
+def corpus_items(data, stats=None, range_bytes=None):
+    """The corpus as the units of work read: plain text files as `TextRange`s that the
+    workers read themselves (no text through pipes), the rest as pieces. Cleaning and
+    `on_error = "skip"` need the text in this process, so they read everything as pieces."""
+    if parse_steps(data.clean) or data.on_error != "raise":
+        return corpus_pieces(data, stats)
+    return iter_items(data.dataset, data.text_field, data.on_error, stats, range_bytes or shard_bytes(data))
+
+
+def shard_bytes(data):
+    return max(1, int(data.shard_mb * 1e6))
+
+
+def item_text(item):
+    """`(text, UTF-8 bytes or None)` of a piece or a `TextRange`; "" for a range that is a
+    whole blank file (no document, as `iter_pieces` gives none)."""
+    if isinstance(item, TextRange):
+        text, size = read_range(item)
+        return ("", 0) if item.first and item.last and not text.strip() else (text, size)
+    return item.text, None
+
+
 # --- the tokenizer ---------------------------------------------------------------------------
 def sample_texts(pieces, budget_chars, seed):
     """A seeded uniform sample of whole pieces, at most `budget_chars` characters, in order.
@@ -158,7 +181,11 @@ def train_tokenizer(data, log=print):
     kind = data.tokenizer
     cls = get_tokenizer_class(kind)
     if kind == "char":
-        return char_tokenizer_from_counts(count_codepoints(p.text for p in corpus_pieces(data)), data.vocab_size, options["special_tokens"])
+        counts = np.zeros(0x110000, np.int64)
+        unit = max(1, shard_bytes(data) // 4)  # smaller than shards: the workers end together
+        for seen, count in map_units(_count_job, iter_units(corpus_items(data, range_bytes=unit), unit), num_workers(data)):
+            counts[seen] += count
+        return char_tokenizer_from_counts(counts, data.vocab_size, options["special_tokens"])
     if kind == "byte":
         return cls.train([], **options)
     started = time.perf_counter()
@@ -188,12 +215,12 @@ def cached_or_trained_tokenizer(data, signature, root, log=print):
 
 # --- the store -------------------------------------------------------------------------------
 def iter_units(pieces, shard_chars):
-    """Groups pieces into shards of about `shard_chars` characters (a pure function of the
-    pieces, so a resumed run cuts the same shards)."""
+    """Groups pieces (and text ranges) into shards of about `shard_chars` characters (bytes
+    for ranges): a pure function of the corpus, so a resumed run cuts the same shards."""
     unit, size = [], 0
     for piece in pieces:
         unit.append(piece)
-        size += len(piece.text)
+        size += piece.stop - piece.start if isinstance(piece, TextRange) else len(piece.text)
         if size >= shard_chars:
             yield unit
             unit, size = [], 0
@@ -204,11 +231,12 @@ def iter_units(pieces, shard_chars):
 _WORKER = {}
 
 
-def _init_worker(directory, add_bos):
+def _init_worker(directory=None, add_bos=False):
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker: no Rust thread pool
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-    tokenizer = load_tokenizer(os.path.join(directory, STORE_TOKENIZER_DIR))
-    _WORKER.update(directory=directory, tokenizer=tokenizer, add_bos=add_bos)
+    if directory is not None:
+        tokenizer = load_tokenizer(os.path.join(directory, STORE_TOKENIZER_DIR))
+        _WORKER.update(directory=directory, tokenizer=tokenizer, add_bos=add_bos)
 
 
 def _exit_with_parent(parent):
@@ -223,36 +251,57 @@ def _encode_job(job):
     return encode_shard(_WORKER["directory"], index, pieces, _WORKER["tokenizer"], _WORKER["add_bos"])
 
 
-def encode_shard(directory, index, pieces, tokenizer, add_bos=False):
-    """Encodes one shard's pieces (`<bos>` where a document starts, `<eos>` where it ends) and
-    writes the shard; returns its record."""
+def _count_job(items):
+    """`(codepoints seen, their counts)` in a unit's text (sparse: what crosses the pipe is small)."""
+    counts = codepoint_counts("".join(item_text(item)[0] for item in items))
+    seen = np.flatnonzero(counts)
+    return seen, counts[seen]
+
+
+def num_workers(data):
+    return data.num_proc or os.cpu_count() or 1
+
+
+def map_units(job, units, num_proc):
+    """`job(unit)` of every unit, in order: in this process, or in `num_proc` forked workers
+    with a bounded read-ahead of units."""
+    if num_proc <= 1:
+        yield from map(job, units)
+        return
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    pending = collections.deque()
+    with concurrent.futures.ProcessPoolExecutor(num_proc, mp_context=context, initializer=_init_worker) as pool:
+        for unit in units:
+            pending.append(pool.submit(job, unit))
+            while len(pending) >= 2 * num_proc:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def encode_shard(directory, index, items, tokenizer, add_bos=False):
+    """Encodes one shard's pieces and text ranges (`<bos>` where a document starts, `<eos>`
+    where it ends) and writes the shard; returns its record."""
     dtype = id_dtype(tokenizer.vocabulary_size)
     bos, eos = np.array([tokenizer.bos_id], dtype), np.array([tokenizer.eos_id], dtype)
-    parts, text_bytes = [], 0
-    for piece in pieces:
-        if piece.first and add_bos:
+    parts, ends, position, text_bytes = [], [], 0, 0
+    for item in items:
+        text, size = item_text(item)
+        if not text and item.first and item.last and isinstance(item, TextRange):
+            continue  # a blank file is no document
+        if item.first and add_bos:
             parts.append(bos)
-        if piece.text:
-            parts.append(tokenizer.encode(piece.text).astype(dtype))
-            text_bytes += len(piece.text.encode("utf-8"))
-        if piece.last:
+            position += 1
+        if text:
+            parts.append(tokenizer.encode(text).astype(dtype))
+            position += len(parts[-1])
+            text_bytes += len(text.encode("utf-8")) if size is None else size
+        if item.last:
             parts.append(eos)
-    ids = np.concatenate(parts) if parts else np.zeros([0], dtype)
-    return write_shard(directory, index, ids, _document_ends(pieces, parts, add_bos), text_bytes)
-
-
-def _document_ends(pieces, parts, add_bos):
-    """End offsets (within the shard) of the documents ending in it, from the parts' lengths."""
-    ends, position, cursor = [], 0, iter(parts)
-    for piece in pieces:
-        if piece.first and add_bos:
-            position += len(next(cursor))
-        if piece.text:
-            position += len(next(cursor))
-        if piece.last:
-            position += len(next(cursor))
+            position += 1
             ends.append(position)
-    return ends
+    ids = np.concatenate(parts) if parts else np.zeros([0], dtype)
+    return write_shard(directory, index, ids, ends, text_bytes)
 
 
 class Progress:
@@ -306,10 +355,10 @@ def build_store(directory, data, tokenizer, total_bytes=0, log=print):
         remove_temporary_files(directory)
         tokenizer.save(directory / STORE_TOKENIZER_DIR)
         dtype = id_dtype(tokenizer.vocabulary_size)
-        num_proc = data.num_proc or os.cpu_count() or 1
+        num_proc = num_workers(data)
         stats, progress = SourceStats(), Progress(total_bytes, log)
         records, pending, resumed = {}, collections.deque(), 0
-        units = iter_units(corpus_pieces(data, stats), max(1, int(data.shard_mb * 1e6)))
+        units = iter_units(corpus_items(data, stats), shard_bytes(data))
         pool = _pool(num_proc, directory, tokenizer, data.add_bos) if num_proc > 1 else None
         try:
             for index, unit in enumerate(units):
@@ -348,7 +397,7 @@ def _collect(pending, records, progress, stats):
 def store_directory(data, signature, tokenizer, root):
     """`<root>/stores/<sources>-<text settings>-<tokenizer fingerprint>`."""
     settings = _digest({"text_field": data.text_field, "clean": data.clean, "add_bos": data.add_bos,
-                        "shard_mb": data.shard_mb, "on_error": data.on_error})
+                        "shard_mb": data.shard_mb, "on_error": data.on_error, "version": STORE_VERSION})
     return root / "stores" / f"{signature}-{settings}-{tokenizer.fingerprint()}"
 
 

@@ -15,6 +15,11 @@ mark a piece that starts/ends a document, so `<bos>`/`<eos>` go where documents 
 `spec` is what `--data` takes: a registered dataset, a file, a directory (walked in sorted
 order, one folder at a time: millions of files cost no list) or a glob.
 
+`iter_items(spec, range_bytes=...)` yields the same corpus with each plain (uncompressed)
+text file as `TextRange(path, start, stop, first, last)` byte ranges of about `range_bytes`
+cut after a newline instead: a few integers that a worker process reads itself with
+`read_range`, so no text travels between processes.
+
 A bad file is a one-line `DataError` naming the file and the offset or line. With
 `on_error="skip"` the bad row (`.jsonl`, `.csv`/`.tsv`) or the rest of the bad file is
 skipped instead and recorded in `SourceStats.skipped`.
@@ -37,6 +42,7 @@ from kerasllm.data.readers import TEXT_NAMES, parse_jsonl_line, pick_column
 from kerasllm.errors import DataError
 
 Piece = collections.namedtuple("Piece", "text first last")
+TextRange = collections.namedtuple("TextRange", "path start stop first last")
 
 BLOCK = 1 << 20  # bytes of a text file read at a time
 COMPRESSIONS = (".gz", ".bz2", ".zst")
@@ -138,6 +144,25 @@ def iter_pieces(spec, text_field="", on_error="raise", stats=None):
     >>> [p.text for p in iter_pieces(path)]
     ['one', 'two']
     """
+    return iter_items(spec, text_field, on_error, stats)
+
+
+def iter_items(spec, text_field="", on_error="raise", stats=None, range_bytes=0):
+    """`iter_pieces`, but with plain text files as `TextRange`s of about `range_bytes` bytes
+    (`range_bytes = 0`: as pieces). The text of a range is `read_range(range)`; the ranges of a
+    file spell what its pieces do, only cut at other line ends.
+
+    Examples:
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "d.txt"
+    >>> _ = path.write_text("one\\ntwo\\nthree\\n")
+    >>> ranges = list(iter_items(path, range_bytes=5))
+    >>> [(r.start, r.stop, r.first, r.last) for r in ranges]
+    [(0, 8, True, False), (8, 14, False, True)]
+    >>> "".join(read_range(r)[0] for r in ranges)
+    'one\\ntwo\\nthree\\n'
+    """
     if on_error not in ("raise", "skip"):
         raise DataError(f"data.on_error = {on_error!r}: expected 'raise' or 'skip'")
     stats = stats if stats is not None else SourceStats()
@@ -146,6 +171,12 @@ def iter_pieces(spec, text_field="", on_error="raise", stats=None):
         stats.files.append((str(path), size))
         base = stats.bytes_done
         kind, compression = file_format(path)
+        if range_bytes and kind == ".txt" and not compression:
+            for start, stop in text_ranges(path, size, range_bytes):
+                stats.bytes_done = base + stop
+                yield TextRange(str(path), start, stop, start == 0, stop == size)
+            stats.bytes_done = base + size
+            continue
         reader = {".jsonl": _jsonl_pieces, ".csv": _table_pieces, ".tsv": _table_pieces,
                   ".parquet": _parquet_pieces}.get(kind, _text_pieces)
         open_document = False
@@ -160,6 +191,68 @@ def iter_pieces(spec, text_field="", on_error="raise", stats=None):
             if open_document:  # the file broke off inside its document: end it there
                 yield Piece("", False, True)
         stats.bytes_done = base + size
+
+
+def text_ranges(path, size, range_bytes):
+    """`(start, stop)` byte ranges of a file, each about `range_bytes` long and ending just after
+    a newline (after a UTF-8 character within 4 MB of one enormous line); none for an empty file."""
+    # (100 MB, char, one process: 2.5 CPU s for both passes, against ~8 s through 1 MB pieces)
+    start = 0
+    with open(path, "rb") as f:
+        while size - start > range_bytes:
+            f.seek(start + range_bytes)
+            window = f.read(4 * BLOCK + 4)
+            cut = window.find(b"\n") + 1
+            if not cut:  # one enormous line: cut anyway, before a UTF-8 character (not inside one)
+                cut = min(4 * BLOCK, len(window))
+                while 0 < cut < len(window) and window[cut] & 0xC0 == 0x80:
+                    cut -= 1
+            stop = min(start + range_bytes + cut, size)
+            yield start, stop
+            start = stop
+    if start < size:
+        yield start, size
+
+
+def read_range(item):
+    """`(text, UTF-8 bytes of it)` of a `TextRange`, as its file's pieces would spell it: the
+    byte-order mark at the start dropped, "\r\n" as "\n". Bad bytes are the `DataError`
+    `iter_pieces` gives, with the file's byte offset and line."""
+    with open(item.path, "rb") as f:
+        f.seek(item.start)
+        raw = f.read(item.stop - item.start)
+    nul = raw.find(b"\x00")
+    if nul != -1:
+        raise DataError(
+            f"{item.path}: looks like a binary file (NUL byte at offset {item.start + nul}); expected UTF-8 text"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        at = item.start + error.start
+        raise DataError(
+            f"{item.path}: not valid UTF-8 (byte offset {at}, line {_line_of(item.path, at)}); "
+            "convert it to UTF-8 first"
+        ) from None
+    size = len(raw)
+    if item.start == 0 and text.startswith("\ufeff"):
+        text, size = text[1:], size - 3
+    if "\r" in text:
+        size -= text.count("\r\n")
+        text = text.replace("\r\n", "\n")
+    return text, size
+
+
+def _line_of(path, offset):
+    """The 1-based line of byte `offset` in a file (only for error messages)."""
+    lines = 1
+    with open(path, "rb") as f:
+        while offset > 0:
+            block = f.read(min(offset, 16 * BLOCK))
+            if not block:
+                break
+            lines, offset = lines + block.count(b"\n"), offset - len(block)
+    return lines
 
 
 def _text_pieces(path, compression, text_field, on_error, stats, base):

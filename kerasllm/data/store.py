@@ -4,7 +4,7 @@
     <store>/shard-00000.bin              raw ids, uint16 (vocabulary < 65,536) or uint32
     <store>/shard-00000.docs             uint64 end offsets (within the shard) of the
                                          documents that end in this shard
-    <store>/shard-00000.json             the shard's record: tokens, documents, bytes
+    <store>/shard-00000.json             the shard's record: tokens, documents, bytes, max id
     <store>/sources.tsv                  every source file and its size in bytes
     <store>/index.json                   written last: dtype, totals, shard boundaries,
                                          tokenizer fingerprint, sources summary
@@ -32,7 +32,7 @@ from kerasllm.errors import DataError
 INDEX_FILE = "index.json"
 SOURCES_FILE = "sources.tsv"
 LOCK_FILE = ".lock"
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: shards record their largest id; plain text files are cut by byte ranges
 
 
 def id_dtype(vocabulary_size):
@@ -73,7 +73,8 @@ def write_shard(directory, index, ids, doc_ends, text_bytes):
     directory = Path(directory)
     write_atomic(directory / shard_name(index, "bin"), ids)
     write_atomic(directory / shard_name(index, "docs"), np.asarray(doc_ends, np.uint64))
-    record = {"tokens": int(len(ids)), "documents": int(len(doc_ends)), "text_bytes": int(text_bytes)}
+    record = {"tokens": int(len(ids)), "documents": int(len(doc_ends)), "text_bytes": int(text_bytes),
+              "max_id": int(ids.max()) if len(ids) else -1}  # checked on reuse instead of reading every id
     write_json_atomic(directory / shard_name(index, "json"), record)
     return record
 
@@ -181,18 +182,20 @@ class TokenStore:
 
     def problem(self, vocabulary_size):
         """Why this store cannot feed a model of `vocabulary_size` ids (a shard of the wrong
-        size, or an id out of range), or None. Reads every shard once, in chunks."""
+        size, or an id out of range), or None. The ids' range is each shard's recorded
+        `max_id`; only a shard without one (an older store) is read, in chunks."""
         if self.index.get("vocabulary_size") not in (None, vocabulary_size):
             return f"built for {self.index['vocabulary_size']} token ids, the tokenizer has {vocabulary_size}"
         for i, shard in enumerate(self.index["shards"]):
             path = self.directory / shard["file"]
             if not path.is_file() or path.stat().st_size != shard["tokens"] * self.dtype.itemsize:
                 return f"{path}: missing or of the wrong size"
-            ids = self.shard(i)
-            for start in range(0, len(ids), 1 << 24):
-                top = int(ids[start:start + (1 << 24)].max(initial=0))
-                if top >= vocabulary_size:
-                    return f"{path}: holds id {top}, outside the tokenizer's {vocabulary_size} ids"
+            top = shard.get("max_id")
+            if top is None:
+                ids = self.shard(i)
+                top = max((int(ids[a:a + (1 << 24)].max()) for a in range(0, len(ids), 1 << 24)), default=-1)
+            if top >= vocabulary_size:
+                return f"{path}: holds id {top}, outside the tokenizer's {vocabulary_size} ids"
         return None
 
     @property

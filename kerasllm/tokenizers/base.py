@@ -338,6 +338,74 @@ def split_lines(texts):
     return lines.with_flat_values(values)
 
 
+def special_spans(units, specials):
+    """Where special tokens occur in text given as a 1-D array of units (codepoints or bytes).
+
+    Matches as `re.split` on the longest-first alternation of the specials does: leftmost
+    first, the longest special at a position, never overlapping. Candidates are found with a
+    few vectorized comparisons; only overlapping candidates (rare) are resolved in Python.
+
+    Args:
+        units: 1-D integer array, the text.
+        specials: `(units of the special token, its id)` pairs.
+
+    Returns:
+        `(starts, ends, ids)`: int64 arrays, in text order.
+
+    Examples:
+
+    >>> text = np.frombuffer(b"a<s><s>>b", np.uint8)
+    >>> [a.tolist() for a in special_spans(text, [(np.frombuffer(b"<s>", np.uint8), 7)])]
+    [[1, 4], [4, 7], [7, 7]]
+    """
+    # (16 MB of WikiText-like text, ~90,000 literal "<unk>": char 17.2 s -> 1.5 s against re.split)
+    starts, lengths, ids = [], [], []
+    for token, token_id in specials:
+        size = len(token)
+        if not size or size > len(units):
+            continue
+        found = np.flatnonzero(units[: len(units) - size + 1] == token[0])
+        for k in range(1, size):
+            found = found[units[found + k] == token[k]]
+        starts.append(found)
+        lengths.append(np.full(len(found), size, np.int64))
+        ids.append(np.full(len(found), token_id, np.int64))
+    if not starts:
+        return (np.zeros([0], np.int64),) * 3
+    starts, lengths, ids = (np.concatenate(a).astype(np.int64) for a in (starts, lengths, ids))
+    order = np.lexsort((-lengths, starts))  # by start, the longest first
+    starts, lengths, ids = starts[order], lengths[order], ids[order]
+    ends = starts + lengths
+    if len(starts) > 1 and np.any(starts[1:] < ends[:-1]):  # overlaps: keep them greedily
+        keep, last = np.zeros(len(starts), bool), -1
+        for i, (start, end) in enumerate(zip(starts.tolist(), ends.tolist())):
+            if start >= last:
+                keep[i], last = True, end
+        starts, ends, ids = starts[keep], ends[keep], ids[keep]
+    return starts, ends, ids
+
+
+def replace_spans(ids, starts, ends, span_ids):
+    """`ids` with each span `[start, end)` replaced by its one id (int32; `ids` may be reused).
+
+    Examples:
+
+    >>> replace_spans(np.arange(6), np.array([1, 4]), np.array([3, 5]), np.array([9, 8])).tolist()
+    [0, 9, 3, 8, 5]
+    """
+    ids = np.asarray(ids, np.int32)
+    if not len(starts):
+        return ids
+    ids[starts] = span_ids
+    extra = ends - starts - 1  # the units after each span's first: dropped
+    if not extra.any():
+        return ids
+    first = np.repeat(starts + 1 - np.cumsum(extra) + extra, extra)
+    keep = np.ones(len(ids), bool)
+    keep[first + np.arange(len(first))] = False
+    return ids[keep]
+
+
 def count_codepoints(texts, chunk_chars=1 << 22):
     """Occurrences of every Unicode codepoint in an iterable of strings, in one streaming pass.
 
@@ -359,12 +427,31 @@ def count_codepoints(texts, chunk_chars=1 << 22):
         batch.append(text)
         size += len(text)
         if size >= chunk_chars:
-            counts += _bincount("".join(batch))
+            counts += codepoint_counts("".join(batch))
             batch, size = [], 0
     if batch:
-        counts += _bincount("".join(batch))
+        counts += codepoint_counts("".join(batch))
     return counts
 
 
-def _bincount(text):
-    return np.bincount(np.frombuffer(text.encode("utf-32-le"), np.uint32), minlength=0x110000)
+def codepoint_counts(text):
+    """Occurrences of every codepoint in `text`: an int64 array of 0x110000 counts.
+
+    ASCII is counted on the UTF-8 bytes (a 256-bin `bincount`); only the bytes of the other
+    characters, which spell exactly those characters in UTF-8, are decoded and counted by
+    codepoint (6x faster than a `bincount` of the whole text's codepoints on English text).
+
+    Examples:
+
+    >>> counts = codepoint_counts("aab 红红")
+    >>> int(counts[ord("a")]), int(counts[ord("红")]), int(counts.sum())
+    (2, 2, 6)
+    """
+    counts = np.zeros(0x110000, np.int64)
+    units = np.frombuffer(text.encode("utf-8"), np.uint8)
+    counts[:128] = np.bincount(units, minlength=256)[:128]
+    other = units[units >= 0x80]
+    if len(other):
+        codepoints = np.frombuffer(other.tobytes().decode("utf-8").encode("utf-32-le"), np.uint32)
+        counts += np.bincount(codepoints, minlength=0x110000)
+    return counts

@@ -17,14 +17,20 @@ from kerasllm.tokenizers.base import (
 )
 
 
-def _hf_tokenizer(vocabulary, merges):
-    """The same BPE as a HF `tokenizers` object (Rust): fast Python-side encoding."""
+def _hf_tokenizer(vocabulary, merges, special_tokens):
+    """The same BPE as a HF `tokenizers` object (Rust): fast Python-side encoding.
+
+    The special tokens are HF special tokens (their ids are the vocabulary's), so HF cuts
+    the text at them in Rust, as `Tokenizer.encode`'s longest-first regex split does.
+    """
+    from tokenizers import AddedToken
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, pre_tokenizers
 
     hf = HFTokenizer(models.BPE(vocab=vocabulary, merges=[tuple(m.split(" ")) for m in merges]))
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     hf.decoder = decoders.ByteLevel()
+    hf.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special_tokens])
     return hf
 
 
@@ -59,7 +65,7 @@ class BPETokenizer(Tokenizer):
             if self.vocabulary.get(name) != index:
                 raise ValueError(f"bpe vocabulary: {name!r} must have id {index}")
         self._pieces = sorted(self.vocabulary, key=self.vocabulary.get)
-        self._hf = _hf_tokenizer(self.vocabulary, self.merges)
+        self._hf = _hf_tokenizer(self.vocabulary, self.merges, self.special_tokens)
         self._hub = None
 
     @classmethod
@@ -76,7 +82,8 @@ class BPETokenizer(Tokenizer):
             vocab_size=vocab_size or 8000, min_frequency=min_frequency, show_progress=False,
             special_tokens=list(special_tokens), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         )
-        hf.train_from_iterator((line for text in texts for line in text.splitlines(keepends=True)), trainer)
+        # One list of lines per text: HF takes batches, and counts words line by line either way.
+        hf.train_from_iterator((text.splitlines(keepends=True) for text in texts), trainer)
         model = json.loads(hf.to_str())["model"]
         merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
         return cls(model["vocab"], merges, special_tokens=special_tokens)
@@ -91,24 +98,20 @@ class BPETokenizer(Tokenizer):
     def vocabulary_size(self):
         return len(self.vocabulary)
 
-    def _encode_text(self, text):
-        # Line by line, as tf_encode does (keras-hub's pre-split is superlinear in line length).
-        encoded = self._hf.encode_batch(lines_of(text))
-        return np.asarray([i for e in encoded for i in e.ids], np.int32)
+    def encode(self, text):
+        """Encodes one string to int32 ids: all its lines in one Rust `encode_batch` call.
 
-    def _encode_joined(self, texts):
-        # All lines of all texts in one Rust call (per-text calls dominate on text with many
-        # special-token strings, such as WikiText's <unk>); ids are the same, line by line.
-        lines, counts = [], []
-        for text in texts:
-            parts = lines_of(text)
-            lines.extend(parts)
-            counts.append(len(parts))
-        encoded = self._hf.encode_batch(lines) if lines else []
-        ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encoded), np.int32)
-        line_ends = np.concatenate([[0], np.cumsum([len(e.ids) for e in encoded], dtype=np.int64)])
-        bounds = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
-        return ids, line_ends[bounds[1:]] - line_ends[bounds[:-1]]
+        Line by line, as `tf_encode` does (keras-hub's pre-split is superlinear in line
+        length); the special tokens are cut out by HF itself.
+        """
+        lines = lines_of(text)
+        if not lines:
+            return np.zeros([0], np.int32)
+        encode_batch = getattr(self._hf, "encode_batch_fast", self._hf.encode_batch)  # (no offsets)
+        return np.fromiter(itertools.chain.from_iterable(e.ids for e in encode_batch(lines)), np.int32)
+
+    def _encode_text(self, text):
+        return self.encode(text)
 
     def _decode_ids(self, ids):
         return self._hf.decode([int(i) for i in ids], skip_special_tokens=False).replace("<unk>", "\ufffd")

@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from kerasllm.tokenizers.base import DEFAULT_SPECIAL_TOKENS, Tokenizer, register_tokenizer
+from kerasllm.tokenizers.base import DEFAULT_SPECIAL_TOKENS, Tokenizer, register_tokenizer, replace_spans, special_spans
 
 
 @register_tokenizer("byte")
@@ -47,13 +47,22 @@ class ByteTokenizer(Tokenizer):
     def vocabulary_size(self):
         return self.offset + 256
 
-    def _encode_text(self, text):
-        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32) + self.offset
+    def encode(self, text):
+        """Encodes one string to int32 ids: its UTF-8 bytes plus the offset, special tokens
+        found by vectorized comparisons over the bytes (UTF-8 is self-synchronizing, so a
+        match of a token's bytes is a match of its characters)."""
+        return self.encode_utf8(text.encode("utf-8"))
 
-    def _encode_joined(self, texts):
-        raw = [t.encode("utf-8") for t in texts]
-        ids = np.frombuffer(b"".join(raw), dtype=np.uint8).astype(np.int32) + self.offset
-        return ids, np.array([len(r) for r in raw], np.int64)
+    def encode_utf8(self, raw):
+        """Encodes UTF-8 bytes (a `bytes` object) as `encode` encodes the text they spell."""
+        units = np.frombuffer(raw, dtype=np.uint8)
+        ids = units.astype(np.int32)
+        ids += self.offset
+        specials = [(np.frombuffer(t.encode("utf-8"), np.uint8), i) for i, t in enumerate(self.special_tokens)]
+        return replace_spans(ids, *special_spans(units, specials))
+
+    def _encode_text(self, text):
+        return self.encode(text)
 
     def _decode_ids(self, ids):
         ids = np.asarray(ids)

@@ -9,6 +9,8 @@ from kerasllm.tokenizers.base import (
     DEFAULT_SPECIAL_TOKENS,
     Tokenizer,
     register_tokenizer,
+    replace_spans,
+    special_spans,
 )
 
 
@@ -87,19 +89,21 @@ class CharTokenizer(Tokenizer):
     def vocabulary_size(self):
         return len(self.special_tokens) + len(self.chars)
 
-    def _encode_text(self, text):
+    def encode(self, text):
+        """Encodes one string to int32 ids: a table lookup over its codepoints, special tokens
+        found by vectorized comparisons (no Python loop over characters or specials)."""
         codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        table = self._lookup_table()
-        return table[np.minimum(codepoints, len(table) - 1)]
+        ids = self._lookup_table()[codepoints]
+        specials = [(np.frombuffer(t.encode("utf-32-le"), np.uint32), i) for i, t in enumerate(self.special_tokens)]
+        return replace_spans(ids, *special_spans(codepoints, specials))
 
-    def _encode_joined(self, texts):
-        return self._encode_text("".join(texts)), np.array([len(t) for t in texts], np.int64)
+    def _encode_text(self, text):
+        return self.encode(text)
 
     def _lookup_table(self):
-        """Dense codepoint -> id table up to the largest known codepoint, then one `<unk>` slot."""
+        """Dense codepoint -> id table over all of Unicode (4.4 MB): indexing needs no clamp."""
         if getattr(self, "_table", None) is None:
-            top = int(self._codepoints[-1]) + 1 if len(self._codepoints) else 0
-            self._table = np.full(top + 1, self.unk_id, np.int32)
+            self._table = np.full(0x110000, self.unk_id, np.int32)
             self._table[self._codepoints] = self._ids
         return self._table
 

@@ -67,6 +67,7 @@ def test_incomplete_shards_are_not_counted(tmp_path):
 
 
 def test_a_store_with_an_id_out_of_range_is_rebuilt(tmp_path):
+    """Reuse checks the largest id each shard recorded when it was written (no scan)."""
     from kerasllm.config import DataConfig
     from kerasllm.data.prepare import prepare_lm_data
 
@@ -75,9 +76,11 @@ def test_a_store_with_an_id_out_of_range_is_rebuilt(tmp_path):
     first = prepare_lm_data(data, log=lambda *_: None)
     vocab = first.tokenizer.vocabulary_size
     shard = first.store.directory / first.store.index["shards"][0]["file"]
-    ids = np.fromfile(shard, dtype=first.store.dtype)
-    ids[3] = vocab + 7  # a damaged cache: an id no model row exists for
-    ids.tofile(shard)
+    assert first.store.index["shards"][0]["max_id"] == int(np.fromfile(shard, dtype=first.store.dtype).max())
+    index_path = first.store.directory / "index.json"
+    index = json.loads(index_path.read_text())
+    index["shards"][0]["max_id"] = vocab + 7  # a damaged cache: an id no model row exists for
+    index_path.write_text(json.dumps(index))
     lines = []
     again = prepare_lm_data(data, log=lines.append)
     assert any("token store is damaged" in line and f"id {vocab + 7}" in line for line in lines), lines

@@ -103,3 +103,34 @@ def test_unknown_text_field_lists_the_fields(tmp_path):
     assert [p.text for p in iter_pieces(tmp_path)] == ["x"]
     with pytest.raises(DataError, match=r"a.jsonl: no field 'txt' \(data.text_field\); the file has: 'body', 'id'"):
         list(iter_pieces(tmp_path, text_field="txt"))
+
+
+def test_text_ranges_spell_what_the_pieces_spell(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "BLOCK", 64)  # a line of over 4 blocks is cut inside
+    long_line = "红楼梦" * 3000 + "\n"
+    text = "".join(f"line {i} 红楼梦\n" + ("\n" if i % 7 == 0 else "") for i in range(300)) + long_line + "end"
+    (tmp_path / "big.txt").write_bytes(("\ufeff" + text).replace("\n", "\r\n").encode("utf-8"))
+    (tmp_path / "blank.txt").write_text("  \n\n")
+    (tmp_path / "rows.jsonl").write_text('{"text": "a row"}\n')
+    pieces = list(iter_pieces(tmp_path))
+    items = list(sources.iter_items(tmp_path, range_bytes=500))
+    assert len(items) > 30 and isinstance(items[0], sources.TextRange) and isinstance(items[-1], sources.Piece)
+    ranges = [item for item in items if isinstance(item, sources.TextRange) and item.path.endswith("big.txt")]
+    texts = [sources.read_range(r)[0] for r in ranges]
+    assert "".join(texts) == text == "".join(p.text for p in pieces if p.text != "a row")
+    assert all(t.endswith("\n") or t[-1] in "红楼梦" for t in texts[:-1])  # cut inside the long line only
+    assert sum(sources.read_range(r)[1] for r in ranges) == len(text.encode("utf-8"))
+    assert [r.first for r in ranges] == [True] + [False] * (len(ranges) - 1) and ranges[-1].last
+
+
+@pytest.mark.parametrize("name, message", [
+    ("3.bin", r"3.bin: looks like a binary file \(NUL byte at offset 3\); expected UTF-8 text"),
+    ("4.txt", r"4.txt: not valid UTF-8 \(byte offset 3, line 1\); convert it to UTF-8 first"),
+])
+def test_a_bad_text_range_is_the_same_error(tmp_path, name, message):
+    bad_folder(tmp_path)
+    (tmp_path / "6.txt").write_bytes(b"line one\nline two\n\xff\n")
+    with pytest.raises(DataError, match=message):
+        [sources.read_range(r) for r in sources.iter_items(tmp_path / name, range_bytes=2)]
+    with pytest.raises(DataError, match=r"6.txt: not valid UTF-8 \(byte offset 18, line 3\)"):
+        [sources.read_range(r) for r in sources.iter_items(tmp_path / "6.txt", range_bytes=4)]
