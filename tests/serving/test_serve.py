@@ -497,7 +497,7 @@ def _run_jobs(scheduler, specs):
 def scheduler():
     from kerasllm.serving import BatchScheduler
 
-    scheduler = BatchScheduler(RecordingGenerator(), max_batch=4, max_queue=6, chunk_tokens=4, max_spread=8)
+    scheduler = BatchScheduler(RecordingGenerator(), max_batch=4, max_queue=6, chunk_tokens=4)
     scheduler.start()
     yield scheduler
     scheduler.close()
@@ -514,9 +514,10 @@ def test_streaming_rows_decode_in_chunks(scheduler):
     assert [steps for _, steps in scheduler.generator.calls] == [4, 4, 2]
 
 
-def test_rows_far_apart_in_length_do_not_share_a_call(scheduler):
+def test_rows_far_apart_in_length_share_a_call(scheduler):
+    # The decoding loop starts each row after its own prompt: a length spread costs no steps.
     _run_jobs(scheduler, [(2, 3, False), (30, 3, False), (5, 3, False)])
-    assert [rows for rows, _ in scheduler.generator.calls] == [[2, 5], [30]]
+    assert scheduler.generator.calls == [([2, 30, 5, 2], 3)]
 
 
 def test_jobs_with_other_settings_share_a_call_with_per_row_settings(scheduler):
