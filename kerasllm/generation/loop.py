@@ -53,7 +53,7 @@ def prefill(model, buffer, start, offsets=None):
         mask = ops.broadcast_to(((slots >= j * chunk) & (slots < start))[None, :], (batch, chunk))
         if offsets is not None:
             mask = mask & (slots[None, :] >= ops.cast(offsets, "int32")[:, None])
-        ids = ops.slice(buffer, (0, first), (batch, chunk))
+        ids = ops.take(buffer, slots, axis=1)  # (B, C): a gather, since XLA recompiles a slice per offset
         logits, cache = model.call_with_cache(ids, cache, first, padding_mask=mask, **extra)  # (B, C, V)
         return logits, cache, first
 
