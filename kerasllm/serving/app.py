@@ -382,7 +382,8 @@ class Server:
                 item = {"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": None,
                         "finish_reason": c.finish_reason}
                 if top is not None:
-                    item["logprobs"] = {"content": _chat_logprobs(self.served, await self._generated_logprobs(c, 0, top), top)}
+                    entries = await self._generated_logprobs(c, 0, top)
+                    item["logprobs"] = {"content": _chat_logprobs(self.served, entries, top)}
             else:
                 echo = texts[i // body.n] if body.echo else ""
                 item = {"text": echo + c.text, "index": i, "logprobs": None, "finish_reason": c.finish_reason}

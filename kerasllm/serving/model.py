@@ -57,7 +57,8 @@ class ServedModel:
             raise RunError(f"--model {path}: no such run directory")
         config, tokenizer, model = load_run(path)
         if overrides and not (path / "config.toml").exists():
-            raise RunError(f"--set: {path} is a published checkpoint (no config.toml); --set applies to run directories")
+            raise RunError(f"--set: {path} is a published checkpoint (no config.toml); --set applies to run "
+                           "directories")
         if overrides:
             config = load_config(str(path / "config.toml"), list(overrides))
         info = read_finetune_info(path) or {}
