@@ -153,8 +153,12 @@ class CausalSelfAttention(keras.layers.Layer):
         """
         batch, time = ops.shape(q)[0], ops.shape(q)[1]
         H, K, D = self.n_head, self.n_kv_head, self.head_dim
-        keys = ops.slice_update(cache[0], (0, 0, start, 0), ops.transpose(k, (0, 2, 1, 3)))  # (B, K, S, D)
-        values = ops.slice_update(cache[1], (0, 0, start, 0), ops.transpose(v, (0, 2, 1, 3)))  # (B, K, S, D)
+        # The reshape keeps the cache's static shape through an unXLA'd graph's update (the
+        # SavedModel's loop needs the same shape in every iteration).
+        keys = ops.reshape(ops.slice_update(cache[0], (0, 0, start, 0), ops.transpose(k, (0, 2, 1, 3))),
+                           ops.shape(cache[0]))  # (B, K, S, D)
+        values = ops.reshape(ops.slice_update(cache[1], (0, 0, start, 0), ops.transpose(v, (0, 2, 1, 3))),
+                             ops.shape(cache[1]))  # (B, K, S, D)
         q = ops.transpose(ops.reshape(q, (batch, time, K, H // K, D)), (0, 2, 3, 1, 4))  # (B, K, G, T, D)
         scores = ops.einsum("bkgtd,bksd->bkgts", q, keys)  # (B, K, G, T, S)
         scores = ops.cast(scores, "float32") * (1.0 / D**0.5)
