@@ -88,7 +88,8 @@ class Generator:
     """Generates continuations from a trained `GPT` or `LSTMLanguageModel`.
 
     Any model with keras-hub's cached-decoding interface works: `init_cache(batch_size,
-    max_length)`, `call_with_cache(token_ids, cache, cache_index, padding_mask=None)` and a
+    max_length)`, `call_with_cache(token_ids, cache, cache_index, padding_mask=None,
+    offsets=None)` (`offsets`: where each left-padded row begins, see `loop.decode`) and a
     `context_length` property (None: no limit).
 
     Args:

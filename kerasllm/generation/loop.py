@@ -1,46 +1,73 @@
 """The decoding loop in `keras.ops`, for any model with keras-hub's cached-decoding interface.
 
 A model implements `init_cache(batch_size, max_length)` and
-`call_with_cache(token_ids, cache, cache_index, padding_mask=None)` (a GPT's key/value cache,
-an LSTM's recurrent state). The loop fills the cache with the prompts at once (prefill), then
-samples one token per step and runs it against the cache. `Generator.generate` compiles
-`decode` whole, `Generator.stream` calls the same `prefill` and `advance` from Python, and the
-SavedModel export traces `decode` into its `generate` signature: three callers, one loop.
+`call_with_cache(token_ids, cache, cache_index, padding_mask=None, offsets=None)` (a GPT's
+key/value cache, an LSTM's recurrent state). The loop fills the cache with the prompts
+(prefill, in chunks of `PREFILL_CHUNK` tokens), then samples one token per step and runs it
+against the cache. `Generator.generate` compiles `decode` whole, `Generator.stream` calls the
+same `prefill` and `advance` from Python, and the SavedModel export traces `decode` into its
+`generate` signature: three callers, one loop.
 
-Prompts in a batch may have different lengths: rows are right-padded, and while the shorter
-rows already sample, each longer row's remaining prompt tokens are forced (as keras-hub does).
+Prompts in a batch may have different lengths: `decode` right-aligns them in the cache (row
+`b` starts at slot `offsets[b]`, its positions count from there, and a GPT never attends to the
+slots before it; an LSTM's state is kept over them), so every row samples its first token at
+the same step and a ragged batch takes `max_new_tokens` steps, like each of its rows alone.
 """
 
 from keras import ops
 
 from kerasllm.generation.sampling import sample_tokens
 
+PREFILL_CHUNK = 16  # prompt tokens per prefill call: a compiled call needs a static shape
 
-def prefill(model, buffer, start):
-    """Runs the first `start` tokens of every row into a fresh cache.
+
+def prefill(model, buffer, start, offsets=None):
+    """Runs the first `start` slots of every row into a fresh cache.
+
+    In chunks of `PREFILL_CHUNK` slots (fixed shapes, so one compilation serves every prompt
+    length), `ceil(start / PREFILL_CHUNK)` of them: the cost follows the prompts, not the
+    buffer. The last chunk ends at most at the buffer's end, overlapping the previous one
+    there; the padding mask keeps an LSTM from reading an overlapped slot twice (a GPT just
+    recomputes the same keys and values), and the slots at and after `start`, which a GPT's
+    decoding steps rewrite before anything attends to them.
 
     Args:
         model: the language model.
-        buffer: int32 `(batch, length)`, right-padded prompts; `length` is the cache length.
-        start: int32 scalar, tokens every row has (at most the shortest prompt's length).
+        buffer: int32 `(batch, length)`, the prompts; `length` is the cache length.
+        start: int32 scalar, the slots to run (every row's prompt ends there or before).
+        offsets: optional int32 `(batch,)`, the slot where each row begins (left padding).
 
     Returns:
-        `(logits, cache)`: float32 `(batch, vocab)` predicting position `start` (meaningless
+        `(logits, cache)`: float32 `(batch, vocab)` predicting slot `start` (meaningless
         when `start` is 0), and the cache.
     """
     batch, length = ops.shape(buffer)[0], ops.shape(buffer)[1]
+    chunk = min(PREFILL_CHUNK, length) if isinstance(length, int) else ops.minimum(PREFILL_CHUNK, length)
     cache = model.init_cache(batch, length)
-    # One fixed-shape call over the whole buffer (a compiled function needs static shapes);
-    # the mask tells a recurrent model to keep its state over positions >= start, and a GPT's
-    # cache slots there are rewritten by a decode step before anything attends to them.
-    mask = ops.broadcast_to(ops.arange(length)[None, :] < start, (batch, length))
-    logits, cache = model.call_with_cache(buffer, cache, 0, padding_mask=mask)  # (B, L, V)
-    last = ops.reshape(ops.maximum(start - 1, 0), (1,))
+    chunks = ops.maximum((start + chunk - 1) // chunk, 1)
+    extra = {} if offsets is None else {"offsets": offsets}
+
+    def run(j, cache):
+        first = ops.minimum(j * chunk, length - chunk)
+        slots = first + ops.arange(chunk, dtype="int32")  # (C,)
+        mask = ops.broadcast_to(((slots >= j * chunk) & (slots < start))[None, :], (batch, chunk))
+        if offsets is not None:
+            mask = mask & (slots[None, :] >= ops.cast(offsets, "int32")[:, None])
+        ids = ops.take(buffer, slots, axis=1)  # (B, C): a gather, since XLA recompiles a slice per offset
+        logits, cache = model.call_with_cache(ids, cache, first, padding_mask=mask, **extra)  # (B, C, V)
+        return logits, cache, first
+
+    def body(j, cache):
+        return j + 1, run(j, cache)[1]
+
+    _, cache = ops.while_loop(lambda j, cache: j < chunks - 1, body, (ops.zeros((), "int32"), cache))
+    logits, cache, first = run(chunks - 1, cache)
+    last = ops.reshape(ops.maximum(start - 1, 0) - first, (1,))
     return ops.take(logits, last, axis=1)[:, 0], cache
 
 
-def advance(model, logits, cache, index, position, sampling, forced=None):
-    """Samples the token at `index` from `logits` and runs it against the cache.
+def advance(model, logits, cache, index, position, sampling, offsets=None):
+    """Samples the token at slot `index` from `logits` and runs it against the cache.
 
     Args:
         model: the language model.
@@ -48,27 +75,26 @@ def advance(model, logits, cache, index, position, sampling, forced=None):
         cache: the cache holding the tokens before `index`.
         index: int32 scalar, the token's cache slot.
         position: int32 scalar or `(batch,)`, the token's position in its row (the key of the
-            random draw; equal to `index` unless a caller slid its window).
+            random draw; `index - offsets`, or `index` unless a caller slid its window).
         sampling: dict of the sampler settings (`sampling.sampling_inputs`).
-        forced: optional int32 `(batch,)` prompt tokens, used where `forced >= 0`.
+        offsets: optional int32 `(batch,)`, the slot where each row begins (left padding).
 
     Returns:
         `(token, logits, cache)`: int32 `(batch,)`, the logits predicting `index + 1` and the cache.
     """
     token = sample_tokens(logits, sampling["temperature"], sampling["top_k"], sampling["top_p"],
                           sampling["seeds"], position)
-    if forced is not None:
-        token = ops.where(forced >= 0, forced, token)
-    logits, cache = model.call_with_cache(token[:, None], cache, index)
+    extra = {} if offsets is None else {"offsets": offsets}
+    logits, cache = model.call_with_cache(token[:, None], cache, index, **extra)
     return token, logits[:, 0], cache
 
 
 def decode(model, buffer, lengths, max_new_tokens, sampling, stop_ids):
     """Generates up to `max_new_tokens` after each row's prompt.
 
-    The loop runs from the shortest prompt's end to the longest row's
-    `prompt + max_new_tokens` (a traced limit: a buffer padded beyond it costs no steps), or
-    until every row has produced one of `stop_ids` (or reached its end).
+    The rows are right-aligned in the cache, so that every prompt ends at slot
+    `max(lengths)`; the loop then takes `max_new_tokens` steps (a traced limit: a buffer
+    padded beyond it costs no steps), or fewer once every row has produced one of `stop_ids`.
 
     Args:
         model: the language model.
@@ -80,7 +106,8 @@ def decode(model, buffer, lengths, max_new_tokens, sampling, stop_ids):
         stop_ids: int32 `(n,)`, possibly empty.
 
     Returns:
-        int32 `(batch, length)`: each row's prompt and new tokens (later slots unspecified).
+        int32 `(batch, length)`: each row's prompt and new tokens, right-padded as `buffer`
+        (later slots unspecified).
 
     Examples:
 
@@ -91,32 +118,38 @@ def decode(model, buffer, lengths, max_new_tokens, sampling, stop_ids):
     >>> buffer = np.array([[1, 2, 3, 0, 0, 0, 0, 0], [4, 0, 0, 0, 0, 0, 0, 0]], "int32")
     >>> out = decode(model, buffer, np.array([3, 1], "int32"), 4, sampling_inputs(2, temperature=0),
     ...              np.zeros([0], "int32"))
-    >>> tuple(out.shape), ops.convert_to_numpy(out)[0, :3].tolist()
-    ((2, 8), [1, 2, 3])
+    >>> tuple(out.shape), ops.convert_to_numpy(out)[0, :3].tolist(), ops.convert_to_numpy(out)[1, :1].tolist()
+    ((2, 8), [1, 2, 3], [4])
     """
     batch, length = ops.shape(buffer)[0], ops.shape(buffer)[1]
     lengths = ops.cast(lengths, "int32")
-    start = ops.min(lengths)
-    ends = lengths + ops.cast(max_new_tokens, "int32")  # (B,)
-    positions = ops.arange(length)[None, :]  # (1, L)
-    logits, cache = prefill(model, buffer, start)
+    start = ops.max(lengths)  # every row's prompt ends here once right-aligned
+    offsets = start - lengths  # (B,)
+    end = start + ops.cast(max_new_tokens, "int32")
+    slots = ops.arange(length, dtype="int32")[None, :]  # (1, L)
+    aligned = _roll_rows(buffer, offsets)
+    logits, cache = prefill(model, aligned, start, offsets)
+    stop_ids = ops.cast(stop_ids, "int32")
 
-    def cond(index, buffer, logits, cache, done):
-        return ops.logical_and(index < ops.max(ends), ops.logical_not(ops.all(done)))
+    def cond(index, aligned, logits, cache, done):
+        return ops.logical_and(index < end, ops.logical_not(ops.all(done)))
 
-    def body(index, buffer, logits, cache, done):
-        prompt = ops.take(buffer, ops.reshape(index, (1,)), axis=1)[:, 0]  # (B,)
-        in_prompt = index < lengths
-        forced = ops.where(in_prompt, prompt, -1)
-        token, logits, cache = advance(model, logits, cache, index, index, sampling, forced)
-        buffer = ops.where(positions == index, token[:, None], buffer)
-        is_stop = ops.any(token[:, None] == ops.cast(stop_ids, "int32")[None, :], axis=1)
-        done = done | (~in_prompt & is_stop) | (index + 1 >= ends)
-        return index + 1, buffer, logits, cache, done
+    def body(index, aligned, logits, cache, done):
+        token, logits, cache = advance(model, logits, cache, index, index - offsets, sampling, offsets)
+        aligned = ops.where(slots == index, token[:, None], aligned)
+        done = done | ops.any(token[:, None] == stop_ids[None, :], axis=1)
+        return index + 1, aligned, logits, cache, done
 
     done = ops.zeros((batch,), "bool")
-    _, buffer, _, _, _ = ops.while_loop(cond, body, (start, buffer, logits, cache, done))
-    return buffer
+    _, aligned, _, _, _ = ops.while_loop(cond, body, (start, aligned, logits, cache, done))
+    return _roll_rows(aligned, -offsets)
+
+
+def _roll_rows(ids, shifts):
+    """Row `b` of `ids` rotated right by `shifts[b]` slots (left by a negative shift)."""
+    length = ops.shape(ids)[1]
+    source = (ops.arange(length, dtype="int32")[None, :] - shifts[:, None]) % length  # (B, L)
+    return ops.take_along_axis(ids, source, axis=1)
 
 
 def last_logits(model, ids, lengths):

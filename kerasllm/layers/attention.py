@@ -34,11 +34,14 @@ class CausalSelfAttention(keras.layers.Layer):
 
     Call arguments:
         x: `(batch, time, n_embd)` float tensor.
-        cache: optional `(keys, values)` pair, each `(batch, max_length, n_kv_head, head_dim)`.
-        cache_index: int scalar, position of `x[:, 0]` in the cache.
+        cache: optional `(keys, values)` pair, each `(batch, n_kv_head, max_length, head_dim)`.
+        cache_index: int scalar, the cache slot of `x[:, 0]`.
         attention_mask: optional bool `(batch, 1, time, time)`: which keys each query may see,
             replacing the plain causal mask (packed rows: causal *and* same segment).
         positions: optional int `(batch, time)` RoPE positions (restarting in each segment).
+        offsets: optional int `(batch,)`, with a cache: row `b`'s sequence starts at slot
+            `offsets[b]` (left-padded rows); its earlier slots are never attended and its
+            positions are `slot - offsets[b]`. None: every row starts at slot 0.
 
     Returns:
         `y` of the shape of `x`, or `(y, updated_cache)` when a cache is given.
@@ -120,10 +123,13 @@ class CausalSelfAttention(keras.layers.Layer):
         self.out_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
         self.built = True
 
-    def call(self, x, cache=None, cache_index=None, attention_mask=None, positions=None, training=None):
+    def call(self, x, cache=None, cache_index=None, attention_mask=None, positions=None, training=None,
+             offsets=None):
         batch, time = ops.shape(x)[0], ops.shape(x)[1]
         H, D = self.n_head, self.head_dim
         start = 0 if cache_index is None else cache_index
+        if cache is not None and offsets is not None:
+            positions = cached_positions(time, start, offsets)
         q, k, v = self.project_qkv(x, start_index=start, positions=positions)
 
         if cache is None and attention_mask is not None:
@@ -131,19 +137,44 @@ class CausalSelfAttention(keras.layers.Layer):
         elif cache is None:
             y = ops.dot_product_attention(q, self._repeat_kv(k), self._repeat_kv(v), is_causal=True)
         else:
-            keys = ops.slice_update(cache[0], (0, start, 0, 0), k)  # (B, S, K, D)
-            values = ops.slice_update(cache[1], (0, start, 0, 0), v)  # (B, S, K, D)
-            cache = (keys, values)
-            max_length = ops.shape(keys)[1]
-            # Query at absolute position start + t sees cache slots 0..start + t.
-            query_pos = ops.arange(time) + start
-            mask = ops.arange(max_length)[None, :] <= query_pos[:, None]  # (T, S)
-            y = ops.dot_product_attention(
-                q, self._repeat_kv(keys), self._repeat_kv(values), mask=mask[None, None]
-            )
+            y, cache = self._attend_cached(q, k, v, cache, start, offsets)
         y = ops.reshape(y, (batch, time, H * D))  # (B, T, C)
         y = self.out_dropout(self.proj(y), training=training)
         return y if cache is None else (y, cache)
+
+    def _attend_cached(self, q, k, v, cache, start, offsets):
+        """Writes `k`, `v` into the cache at slot `start` and attends over it: `(y, cache)`.
+
+        The cache is head-major, `(B, K, S, D)`: both products then read it in place (for one
+        new token, matrix-vector products per row and head). With slots before heads XLA copied
+        every layer's whole cache into its dot's layout at each decoding step, a cost growing
+        with rows x buffer length (benchmarks/RESULTS.md). Grouped-query heads group the
+        queries rather than repeating the cache.
+        """
+        batch, time = ops.shape(q)[0], ops.shape(q)[1]
+        H, K, D = self.n_head, self.n_kv_head, self.head_dim
+        # The reshape keeps the cache's static shape through an unXLA'd graph's update (the
+        # SavedModel's loop needs the same shape in every iteration).
+        keys = ops.reshape(ops.slice_update(cache[0], (0, 0, start, 0), ops.transpose(k, (0, 2, 1, 3))),
+                           ops.shape(cache[0]))  # (B, K, S, D)
+        values = ops.reshape(ops.slice_update(cache[1], (0, 0, start, 0), ops.transpose(v, (0, 2, 1, 3))),
+                             ops.shape(cache[1]))  # (B, K, S, D)
+        q = ops.transpose(ops.reshape(q, (batch, time, K, H // K, D)), (0, 2, 3, 1, 4))  # (B, K, G, T, D)
+        scores = ops.einsum("bkgtd,bksd->bkgts", q, keys)  # (B, K, G, T, S)
+        scores = ops.cast(scores, "float32") * (1.0 / D**0.5)
+        # Query slot start + t sees key slots up to its own, from its row's first slot on.
+        length = ops.shape(keys)[2]
+        query_slot = (ops.arange(time) + start)[:, None]  # (T, 1)
+        key_slot = ops.arange(length)[None, :]  # (1, S)
+        visible = (key_slot <= query_slot)[None]  # (1, T, S)
+        if offsets is not None:  # a padding slot sees itself only (no empty softmax)
+            first = ops.reshape(ops.cast(offsets, "int32"), (-1, 1, 1))
+            visible = visible & ((key_slot[None] >= first) | (key_slot == query_slot)[None])  # (B, T, S)
+        scores = ops.where(visible[:, None, None], scores, -1e9)
+        probs = ops.cast(ops.softmax(scores, axis=-1), values.dtype)
+        y = ops.einsum("bkgts,bksd->bkgtd", probs, values)  # (B, K, G, T, D)
+        y = ops.reshape(ops.transpose(y, (0, 3, 1, 2, 4)), (batch, time, H * D))
+        return y, (keys, values)
 
     def project_qkv(self, x, start_index=0, positions=None):
         """Queries, keys and values of `x`, with q/k norms and rotary embeddings applied when the layer has them.
@@ -224,3 +255,13 @@ class CausalSelfAttention(keras.layers.Layer):
             rope_scaling=self.rope_scaling,
         )
         return config
+
+
+def cached_positions(time, start, offsets):
+    """Positions `(batch, time)` of tokens at cache slots `start ...` in left-padded rows.
+
+    Row `b` begins at slot `offsets[b]`; padding slots before it get position 0 (they are
+    never attended, and a gather must not see a negative index).
+    """
+    slots = ops.arange(time, dtype="int32")[None, :] + ops.cast(start, "int32")  # (1, T)
+    return ops.maximum(slots - ops.reshape(ops.cast(offsets, "int32"), (-1, 1)), 0)

@@ -30,7 +30,7 @@ class DecoderBlock(keras.layers.Layer):
 
     Call arguments:
         x: `(batch, time, n_embd)`.
-        cache, cache_index, attention_mask, positions: see `CausalSelfAttention`.
+        cache, cache_index, attention_mask, positions, offsets: see `CausalSelfAttention`.
 
     Examples:
 
@@ -103,12 +103,14 @@ class DecoderBlock(keras.layers.Layer):
             layer.build(input_shape)
         self.built = True
 
-    def call(self, x, cache=None, cache_index=None, attention_mask=None, positions=None, training=None):
+    def call(self, x, cache=None, cache_index=None, attention_mask=None, positions=None, training=None,
+             offsets=None):
         if cache is None:
             attended = self.attn(self.norm_1(x), attention_mask=attention_mask, positions=positions, training=training)
             x = x + attended  # (B, T, C)
         else:
-            attended, cache = self.attn(self.norm_1(x), cache=cache, cache_index=cache_index, training=training)
+            attended, cache = self.attn(self.norm_1(x), cache=cache, cache_index=cache_index, offsets=offsets,
+                                        training=training)
             x = x + attended
         x = x + self.mlp(self.norm_2(x), training=training)  # (B, T, C)
         return x if cache is None else (x, cache)

@@ -7,6 +7,7 @@ from keras import ops
 from keras_hub.layers import PositionEmbedding, ReversibleEmbedding
 
 from kerasllm.layers import DecoderBlock, default_mlp_hidden, make_norm
+from kerasllm.layers.attention import cached_positions
 
 
 @keras.saving.register_keras_serializable(package="kerasllm")
@@ -158,14 +159,14 @@ class GPT(keras.Model):
         Args:
             token_ids: int `(batch, time)`.
             start_index: position of `token_ids[:, 0]` (cached decoding).
-            positions: optional int `(batch, time)` positions (packed rows).
+            positions: optional int `(batch, time)` positions (packed rows, left-padded rows).
             training: applies the embedding dropout.
         """
         x = self.token_embedding(token_ids)  # (B, T, C)
         if self.scale_embeddings:  # Gemma; the head still uses the unscaled table
             x = x * ops.cast(math.sqrt(self.n_embd), x.dtype)
         if self.position_embedding is not None:
-            if start_index is not None:
+            if start_index is not None and positions is None:
                 # Gather rather than slice: under XLA a slice at a traced offset recompiles for
                 # every new offset, a gather compiles once.
                 positions = ops.arange(ops.shape(token_ids)[1]) + start_index
@@ -205,31 +206,44 @@ class GPT(keras.Model):
 
     def init_cache(self, batch_size, max_length):
         """An empty key/value cache: per layer a `(keys, values)` pair, each
-        `(batch, max_length, n_kv_head, head_dim)`.
+        `(batch, n_kv_head, max_length, head_dim)`.
 
         One tensor per layer and kind (not one stacked tensor) lets XLA update the cache in
         place inside the decoding loop; re-stacking copied the whole cache every step (2.5x
-        slower per decode step at batch 8, benchmarks/RESULTS.md).
+        slower per decode step at batch 8, benchmarks/RESULTS.md). Heads come before slots so
+        that attention reads the cache in place (`CausalSelfAttention._attend_cached`).
         """
-        shape = (batch_size, max_length, self.n_kv_head, self.head_dim)
+        shape = (batch_size, self.n_kv_head, max_length, self.head_dim)
         return tuple(
             (ops.zeros(shape, dtype=self.compute_dtype), ops.zeros(shape, dtype=self.compute_dtype))
             for _ in range(self.n_layer)
         )
 
-    def call_with_cache(self, token_ids, cache, cache_index, padding_mask=None):
+    def call_with_cache(self, token_ids, cache, cache_index, padding_mask=None, offsets=None):
         """Runs `token_ids` (placed at `cache_index`) against the cache from `init_cache`.
 
         `padding_mask` (the common decoding interface, see `LSTMLanguageModel`) is not needed:
-        attention is causal, and the decoding loop rewrites a padded slot before reading it.
+        attention is causal, `offsets` marks left padding, and the decoding loop rewrites a
+        slot past the prompts before reading it.
+
+        Args:
+            token_ids: int `(batch, time)`.
+            cache: the cache.
+            cache_index: int scalar, the cache slot of `token_ids[:, 0]`.
+            padding_mask: ignored.
+            offsets: optional int `(batch,)`: row `b`'s sequence starts at slot `offsets[b]`
+                (left-padded prompts); its token at slot `s` has position `s - offsets[b]`.
 
         Returns:
             `(logits, cache)`: float32 logits `(batch, time, vocab)` and the updated cache.
         """
-        x = self.embed(token_ids, start_index=cache_index)  # (B, T, C)
+        positions = None
+        if offsets is not None:
+            positions = cached_positions(ops.shape(token_ids)[1], cache_index, offsets)  # (B, T)
+        x = self.embed(token_ids, start_index=cache_index, positions=positions)  # (B, T, C)
         caches = []
         for block, layer_cache in zip(self.blocks, cache):
-            x, layer_cache = block(x, cache=layer_cache, cache_index=cache_index)
+            x, layer_cache = block(x, cache=layer_cache, cache_index=cache_index, offsets=offsets)
             caches.append(layer_cache)
         return self._head(x), tuple(caches)
 

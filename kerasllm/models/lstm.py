@@ -123,7 +123,7 @@ class LSTMLanguageModel(keras.Model):
         """
         return ops.zeros((batch_size, self.n_layer, 2, self.hidden_size), dtype=self.compute_dtype)
 
-    def call_with_cache(self, token_ids, cache, cache_index=None, padding_mask=None):
+    def call_with_cache(self, token_ids, cache, cache_index=None, padding_mask=None, offsets=None):
         """Runs `token_ids` from the state `cache`; returns `(logits, new_state)`.
 
         Args:
@@ -131,7 +131,9 @@ class LSTMLanguageModel(keras.Model):
             cache: the state from `init_cache` or a previous call.
             cache_index: ignored (the state does not depend on where the tokens are).
             padding_mask: optional bool `(batch, time)`; the state is kept unchanged over the
-                `False` positions (right padding), so it ends at each row's last real token.
+                `False` positions (padding on either side), so it ends at each row's last real
+                token.
+            offsets: ignored (left padding reaches the state only through `padding_mask`).
         """
         return self._run(token_ids, states=cache, mask=padding_mask)
 

@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
 
+from kerasllm.errors import DataError
 from kerasllm.generation import Generator, StopStrings
 from kerasllm.serving.batching import (
     BatchScheduler,
@@ -259,9 +260,9 @@ class Server:
             rows.append(ids)
         return rows
 
-    def _sampling(self, body, stops):
+    def _sampling(self, body, stops, extra_stop_ids=()):
         single = Generator.single_token_stops(self.generator, stops) if stops else ()
-        stop_ids = tuple(sorted({int(self.served.tokenizer.eos_id), *single}))
+        stop_ids = tuple(sorted({int(self.served.tokenizer.eos_id), *single, *map(int, extra_stop_ids)}))
         return Sampling(body.temperature, body.top_k, body.top_p, body.seed, stop_ids)
 
     def _submit(self, prompts, max_tokens, sampling, n, loop, events, stream):
@@ -332,31 +333,13 @@ class Server:
     async def completions(self, request):
         body = await self._body(request, CompletionRequest)
         self._need("language_model", "/v1/completions")
-        max_tokens = self._max_tokens(body.max_tokens, 16)
-        if body.stream and body.logprobs is not None:
-            raise APIError(400, "logprobs with stream=true is not supported; ask without streaming", param="logprobs")
         if body.echo and body.stream:
             raise APIError(400, "echo with stream=true is not supported", param="echo")
-        full = self._prompts(body.prompt)
+        max_tokens = self._max_tokens(body.max_tokens, 16)
+        prompts = self._prompts(body.prompt)
         texts = [p if isinstance(p, str) else self.served.decode(p) for p in _as_list(body.prompt)]
-        stops = body.stops()
-        sampling = self._sampling(body, stops)
-        choices, pieces = await self._decode(self._fit(full, max_tokens), max_tokens, sampling, stops, body.n,
-                                             body.stream)
-        meta = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": self.served.name}
-        if body.stream:
-            return self._stream(pieces, choices, meta, chat=False, include_usage=_include_usage(body))
-        async for _ in pieces:
-            pass
-        out = []
-        for i, c in enumerate(choices):
-            prompt_ids = full[i // body.n]
-            prompt_text = texts[i // body.n] if body.echo else ""
-            item = {"text": prompt_text + c.text, "index": i, "logprobs": None, "finish_reason": c.finish_reason}
-            if body.logprobs is not None:
-                item["logprobs"] = await self._completion_logprobs(prompt_ids, c, body.logprobs, body.echo)
-            out.append(item)
-        return JSONResponse({**meta, "object": "text_completion", "choices": out, "usage": _usage(full, choices, body.n)})
+        return await self._respond(body, prompts, max_tokens, body.stops(), chat=False, top=body.logprobs,
+                                   texts=texts)
 
     async def chat(self, request):
         body = await self._body(request, ChatRequest)
@@ -364,36 +347,76 @@ class Server:
         requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
         max_tokens = self._max_tokens(requested, self.served.max_new_tokens, param)
-        if body.stream and body.logprobs:
-            raise APIError(400, "logprobs with stream=true is not supported; ask without streaming", param="logprobs")
-        ids, template_stops = self.served.render_chat([{"role": m.role, "content": m.text()} for m in body.messages])
-        stops = body.stops() + template_stops
-        sampling = self._sampling(body, stops)
-        choices, pieces = await self._decode(self._fit([ids], max_tokens), max_tokens, sampling, stops, body.n,
+        try:
+            ids, template_stops, template_stop_ids = self.served.render_chat(
+                [{"role": m.role, "content": m.text()} for m in body.messages])
+        except DataError as error:  # a chat template that rejects the conversation
+            raise APIError(400, str(error), param="messages")
+        return await self._respond(body, [ids], max_tokens, body.stops() + template_stops, template_stop_ids,
+                                   chat=True, top=(body.top_logprobs or 0) if body.logprobs else None)
+
+    async def _respond(self, body, prompts, max_tokens, stops, stop_ids=(), chat=False, top=None, texts=None):
+        """The flow both generation routes share: decode `prompts`, answer JSON or a stream.
+
+        Args:
+            body: the validated request.
+            prompts: prompt id lists (before fitting them into the context).
+            max_tokens: new tokens per choice.
+            stops: stop strings; `stop_ids`: extra stop ids (a chat template's end of turn).
+            chat: answer in the chat format (else the completions format).
+            top: None for no log-probabilities, else how many alternatives per token.
+            texts: the completions' prompt texts (for `echo`).
+        """
+        sampling = self._sampling(body, stops, stop_ids)
+        choices, pieces = await self._decode(self._fit(prompts, max_tokens), max_tokens, sampling, stops, body.n,
                                              body.stream)
-        meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": self.served.name}
+        meta = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
+                "model": self.served.name}
         if body.stream:
-            return self._stream(pieces, choices, meta, chat=True, include_usage=_include_usage(body))
+            return self._stream(pieces, choices, meta, chat, _include_usage(body), top)
         async for _ in pieces:
             pass
         out = []
         for i, c in enumerate(choices):
-            item = {"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": None,
-                    "finish_reason": c.finish_reason}
-            if body.logprobs:
-                item["logprobs"] = {"content": await self._chat_logprobs(c, body.top_logprobs or 0)}
+            if chat:
+                item = {"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": None,
+                        "finish_reason": c.finish_reason}
+                if top is not None:
+                    entries = await self._generated_logprobs(c, 0, top)
+                    item["logprobs"] = {"content": _chat_logprobs(self.served, entries, top)}
+            else:
+                echo = texts[i // body.n] if body.echo else ""
+                item = {"text": echo + c.text, "index": i, "logprobs": None, "finish_reason": c.finish_reason}
+                if top is not None:
+                    item["logprobs"] = await self._completion_logprobs(prompts[i // body.n], c, top, body.echo)
             out.append(item)
-        return JSONResponse({**meta, "object": "chat.completion", "choices": out, "usage": _usage([ids], choices, body.n)})
+        return JSONResponse({**meta, "object": "chat.completion" if chat else "text_completion", "choices": out,
+                             "usage": _usage(prompts, choices, body.n)})
 
-    def _stream(self, pieces, choices, meta, chat, include_usage):
+    def _stream(self, pieces, choices, meta, chat, include_usage, top=None):
+        """Server-sent events in OpenAI's chunk format; with `top`, each chunk carries the
+        log-probabilities of the tokens whose text it brings."""
         kind = "chat.completion.chunk" if chat else "text_completion"
+        scored = [0] * len(choices)  # tokens of each choice whose log-probabilities were sent
+        offsets = [len(self.served.decode(c.prompt)) for c in choices]  # completions' text_offset
 
-        def chunk(index, text=None, finish=None, first=False):
+        async def logprobs(index):
+            if top is None:
+                return None
+            entries = await self._generated_logprobs(choices[index], scored[index], top)
+            scored[index] += len(entries)
+            if chat:
+                return {"content": _chat_logprobs(self.served, entries, top)}
+            shown = _completion_entries(self.served, entries, top, offsets[index])
+            offsets[index] += sum(len(t) for t in shown["tokens"])
+            return shown
+
+        def chunk(index, text=None, finish=None, first=False, scores=None):
             if chat:
                 delta = {"role": "assistant", "content": ""} if first else ({} if text is None else {"content": text})
-                choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+                choice = {"index": index, "delta": delta, "logprobs": scores, "finish_reason": finish}
             else:
-                choice = {"text": text or "", "index": index, "logprobs": None, "finish_reason": finish}
+                choice = {"text": text or "", "index": index, "logprobs": scores, "finish_reason": finish}
             return _sse({**meta, "object": kind, "choices": [choice]})
 
         async def events():
@@ -403,7 +426,7 @@ class Server:
             finished = set()
             try:
                 async for index, piece in pieces:
-                    yield chunk(index, piece)
+                    yield chunk(index, piece, scores=await logprobs(index))
                     for i, c in enumerate(choices):
                         if c.finish_reason and i not in finished and not c.pending():
                             finished.add(i)
@@ -435,14 +458,15 @@ class Server:
         The first token of the text has no log-probability (`None`), as in OpenAI's API;
         every other token is scored given the tokens before it with `evaluate`'s windows.
         """
-        generated = choice.kept_ids()
-        # Echo scores the whole prompt; a continuation is scored after the prompt the model saw.
-        sequence = list(prompt_ids) + generated if echo else choice.prompt + generated
-        shown = len(sequence) if echo else len(generated)
+        if not echo:  # a continuation is scored after the prompt the model saw
+            entries = await self._generated_logprobs(choice, 0, top)
+            return _completion_entries(self.served, entries, top, len(self.served.decode(prompt_ids)))
+        # Echo scores the whole prompt, then the continuation.
+        sequence = list(prompt_ids) + choice.kept_ids()
         logprobs, tops = await self._scores(sequence, top)
-        positions = range(len(sequence) - shown, len(sequence))
+        positions = range(len(sequence))
         tokens = [self.served.token_text(sequence[p]) for p in positions]
-        offsets, offset = [], 0 if echo else len(self.served.decode(prompt_ids))
+        offsets, offset = [], 0
         for token in tokens:
             offsets.append(offset)
             offset += len(token)
@@ -455,19 +479,39 @@ class Server:
             "text_offset": offsets,
         }
 
-    async def _chat_logprobs(self, choice, top):
-        generated = choice.kept_ids()
-        sequence = choice.prompt + generated
+    async def _generated_logprobs(self, choice, first, top):
+        """`[(token id, logprob, [(alternative id, logprob), ...])]` of the generated tokens kept
+        in the choice's text from the `first` on, each given the prompt the model saw and the
+        tokens before it."""
+        kept = choice.kept_ids()
+        if first >= len(kept):
+            return []
+        sequence = choice.prompt + kept
         logprobs, tops = await self._scores(sequence, max(top, 1))
-        start = len(sequence) - 1 - len(generated)
-        out = []
-        for i, lp, alternatives in zip(generated, logprobs[start:], tops[start:]):
-            text = self.served.token_text(i)
-            out.append({"token": text, "logprob": float(lp), "bytes": list(text.encode()),
-                        "top_logprobs": [{"token": self.served.token_text(a), "logprob": b,
-                                          "bytes": list(self.served.token_text(a).encode())}
-                                         for a, b in alternatives[:top]]})
-        return out
+        base = len(choice.prompt) - 1  # logprobs[p] scores sequence[p + 1]
+        return [(kept[i], float(logprobs[base + i]), tops[base + i]) for i in range(first, len(kept))]
+
+
+def _chat_logprobs(served, entries, top):
+    """The chat format's `logprobs.content` list."""
+    def item(token_id, logprob):
+        text = served.token_text(token_id)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+    return [dict(item(i, lp), top_logprobs=[item(a, b) for a, b in alternatives[:top]])
+            for i, lp, alternatives in entries]
+
+
+def _completion_entries(served, entries, top, offset):
+    """The completions format's `logprobs` object of `entries`, text offsets from `offset`."""
+    tokens = [served.token_text(i) for i, _, _ in entries]
+    offsets = []
+    for token in tokens:
+        offsets.append(offset)
+        offset += len(token)
+    return {"tokens": tokens, "token_logprobs": [lp for _, lp, _ in entries],
+            "top_logprobs": [{served.token_text(a): b for a, b in alternatives[:top]} for _, _, alternatives in entries]
+            if top else None, "text_offset": offsets}
 
 
 class Choice:

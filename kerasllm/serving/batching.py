@@ -2,8 +2,9 @@
 
 One worker thread owns the model. Requests (`Job`s, one per generated sequence) wait in a
 queue; the worker takes the oldest, waits a few milliseconds for others that can share its
-decoding loop (`BatchScheduler.batch_key`, and lengths within `max_spread`), and decodes them
-in one `generate` call on the ragged batch, run to the largest budget and cut per row. While
+decoding loop (`BatchScheduler.batch_key`), and decodes them in one `generate` call on the
+ragged batch (each row starts sampling after its own prompt), run to the largest budget and cut
+per row. While
 a row streams, the batch decodes in chunks of `chunk_tokens` instead (each chunk one call on
 every row's prompt plus the tokens it has so far): between chunks new tokens go to each job,
 finished or cancelled rows leave, and waiting jobs with the same key take the free slots.
@@ -94,9 +95,6 @@ class BatchScheduler:
         window_s: how long a new batch waits at most for as many jobs as the previous batch had
             (a lone client does not wait).
         lock: held around every model call (the server's scoring shares the model).
-        max_spread: a job joins a batch only if the batch's row lengths then differ by at most
-            this many tokens: a ragged call runs from its shortest row, so each token of
-            spread is one more decoding step for every row.
 
     Examples:
 
@@ -119,8 +117,7 @@ class BatchScheduler:
     >>> scheduler.close()
     """
 
-    def __init__(self, generator, max_batch=8, max_queue=64, chunk_tokens=16, window_s=0.02, lock=None,
-                 max_spread=64):
+    def __init__(self, generator, max_batch=8, max_queue=64, chunk_tokens=16, window_s=0.02, lock=None):
         if max_batch < 1 or max_queue < 1 or chunk_tokens < 1:
             raise ValueError("max_batch, max_queue and chunk_tokens must be positive")
         self.generator = generator
@@ -128,7 +125,6 @@ class BatchScheduler:
         self.max_queue = max_queue
         self.chunk_tokens = chunk_tokens
         self.window_s = window_s
-        self.max_spread = max_spread
         self._last_batch = 1
         self.lock = lock or threading.Lock()
         self._waiting = collections.deque()
@@ -260,14 +256,14 @@ class BatchScheduler:
             return list(self._active)
 
     def _admit(self):
-        """Moves waiting jobs with the active key and a close length into free slots, oldest first.
+        """Moves waiting jobs with the active key into free slots, oldest first.
+
+        Prompt lengths do not matter: the decoding loop starts each row after its own prompt.
 
         A job with another key that waits in front stops admission: the batch then drains and
         that job's key goes next, so no key starves.
         """
         key = self.batch_key(self._active[0])
-        lengths = [len(job.prompt) + len(job.tokens) for job in self._active]
-        low, high = min(lengths), max(lengths)
         for job in list(self._waiting):
             if len(self._active) >= self.max_batch:
                 return
@@ -277,10 +273,6 @@ class BatchScheduler:
                 continue
             if self.batch_key(job) != key:
                 return
-            length = len(job.prompt)
-            if max(high, length) - min(low, length) > self.max_spread:
-                continue  # it leads a later batch
-            low, high = min(low, length), max(high, length)
             self._waiting.remove(job)
             self._active.append(job)
 

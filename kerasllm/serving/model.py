@@ -56,11 +56,15 @@ class ServedModel:
         if not path.exists():
             raise RunError(f"--model {path}: no such run directory")
         config, tokenizer, model = load_run(path)
+        if overrides and not (path / "config.toml").exists():
+            raise RunError(f"--set: {path} is a published checkpoint (no config.toml); --set applies to run "
+                           "directories")
         if overrides:
             config = load_config(str(path / "config.toml"), list(overrides))
         info = read_finetune_info(path) or {}
+        stamp = path / "config.toml" if (path / "config.toml").exists() else path  # a checkpoint folder has none
         return cls(config, tokenizer, model, name or path.resolve().name, sft=info.get("task") == "sft",
-                   created=(path / "config.toml").stat().st_mtime)
+                   created=stamp.stat().st_mtime)
 
     # --- text <-> ids --------------------------------------------------------------------
     def encode(self, text):
@@ -93,11 +97,14 @@ class ServedModel:
 
     # --- chat ----------------------------------------------------------------------------
     def render_chat(self, messages):
-        """Prompt ids and stop strings for a conversation (`[{"role", "content"}, ...]`).
+        """Prompt ids, stop strings and stop ids for a conversation (`[{"role", "content"}, ...]`).
 
-        A run fine-tuned for prompt -> response (`finetune.task = "sft"`) gets what it was
-        trained on: `<bos>` and the user turns, and it stops at `<eos>`. Any other language
-        model gets the plain template
+        A model whose tokenizer has a chat template (an imported chat checkpoint) gets the
+        conversation rendered by it with the generation prompt, and stops at the template's
+        end-of-turn marker (`end_of_turn`), an id when it is a special token. A run fine-tuned
+        for prompt -> response (`finetune.task = "sft"`) gets what it was trained on: `<bos>`
+        and the user turns, and it stops at `<eos>`. Any other language model gets the plain
+        template
 
             System: ...
             User: ...
@@ -106,11 +113,32 @@ class ServedModel:
 
         and stops where it starts a new `User:` or `System:` turn.
         """
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+            marker = self.end_of_turn()
+            special = marker in getattr(self.tokenizer, "special_tokens", [])
+            return self.encode(text), [] if special or not marker else [marker], \
+                [self.tokenizer.token_to_id(marker)] if special else []
         if self.sft:
             prompt = "\n".join(m["content"] for m in messages if m["role"] == "user")
-            return [int(self.tokenizer.bos_id), *self.encode(prompt)], []
+            return [int(self.tokenizer.bos_id), *self.encode(prompt)], [], []
         lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
-        return self.encode("\n".join(lines + ["Assistant:"])), ["\nUser:", "\nSystem:"]
+        return self.encode("\n".join(lines + ["Assistant:"])), ["\nUser:", "\nSystem:"], []
+
+    def end_of_turn(self):
+        """What the chat template writes after an assistant's message (`<|im_end|>`, `<|eot_id|>`,
+        `<end_of_turn>`, ...): the first special token there, else the text up to a line end.
+
+        Found by rendering a one-word answer; "" when the template adds nothing after it.
+        """
+        probe = [{"role": "user", "content": "hi"}]
+        prompt = self.tokenizer.apply_chat_template(probe, add_generation_prompt=True)
+        full = self.tokenizer.apply_chat_template(probe + [{"role": "assistant", "content": "kerasllm"}])
+        tail = full[len(prompt):].split("kerasllm", 1)[-1] if full.startswith(prompt) else ""
+        specials = [t for t in getattr(self.tokenizer, "special_tokens", []) if t and t in tail]
+        if specials:
+            return min(specials, key=tail.index)
+        return tail.strip().split("\n")[0]
 
     # --- classification ------------------------------------------------------------------
     def classify(self, texts):

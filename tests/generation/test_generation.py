@@ -3,7 +3,8 @@ import pytest
 
 from keras import ops
 
-from kerasllm.generation import Generator, sample_tokens
+from kerasllm.generation import Generator, loop, sample_tokens
+from kerasllm.generation.sampling import sampling_inputs
 from kerasllm.models import GPT, LSTMLanguageModel
 
 
@@ -96,6 +97,47 @@ def test_ragged_batch_rows_equal_single_rows(gpt):
     assert [len(row) for row in batch] == [12, 8]
     for row, prompt in zip(batch, [[1, 2, 3, 4, 5, 6], [7, 8]]):
         np.testing.assert_array_equal(row, generator.generate([prompt], 6, temperature=0)[0])
+
+
+@pytest.mark.parametrize("arch", ["gpt", "rope_gqa", "lstm"])
+def test_each_row_of_a_ragged_batch_starts_after_its_own_prompt(arch):
+    """Compiled, sampled: a ragged row equals that row alone, and the call takes max_new_tokens steps."""
+    import keras
+
+    keras.utils.set_random_seed(4)
+    model = {"gpt": lambda: GPT(vocab_size=31, block_size=48, n_layer=2, n_head=2, n_embd=16),
+             "rope_gqa": lambda: GPT(vocab_size=31, block_size=48, n_layer=1, n_head=4, n_kv_head=2, n_embd=16,
+                                     positions="rope", norm="rmsnorm", mlp="swiglu"),
+             "lstm": lambda: LSTMLanguageModel(vocab_size=31, block_size=16, n_layer=1, n_embd=16)}[arch]()
+    model.build((None, None))
+    generator = Generator(model)
+    prompts = [list(range(1, 21)), [7], [3, 9, 4, 4, 2]]  # 1 to 20 tokens: a spread over a prefill chunk
+    batch = generator.generate(prompts, 10, temperature=[0.9, 0.0, 1.3], top_k=[6, 0, 0], top_p=[1.0, 1.0, 0.9],
+                               seed=21)
+    for i, prompt in enumerate(prompts):
+        alone = generator.generate([prompt], 10, temperature=[0.9, 0.0, 1.3][i], top_k=[6, 0, 0][i],
+                                   top_p=[1.0, 1.0, 0.9][i], seed=21 + i)[0]
+        np.testing.assert_array_equal(batch[i], alone)
+
+    steps = []  # the loop's steps, counted by the model's one-token calls
+    call = model.call_with_cache
+
+    def counting(token_ids, *args, **kwargs):
+        if token_ids.shape[1] == 1:
+            steps.append(1)
+        return call(token_ids, *args, **kwargs)
+
+    model.call_with_cache = counting
+    buffer = np.zeros((3, 32), np.int32)
+    for i, prompt in enumerate(prompts):
+        buffer[i, : len(prompt)] = prompt
+    try:  # eagerly: the loop body runs once per step
+        out = loop.decode(model, buffer, np.array([20, 1, 5], np.int32), 10, sampling_inputs(3, temperature=0),
+                          np.zeros([0], np.int32))
+    finally:
+        del model.call_with_cache
+    assert len(steps) == 10  # not 10 + 20 - 1 from the shortest prompt
+    assert ops.convert_to_numpy(out)[1, :11].tolist() == batch[1].tolist()
 
 
 def test_compiled_loop_is_reused_across_calls_and_settings(gpt):

@@ -291,6 +291,34 @@ def test_logprobs_of_greedy_tokens_are_the_top_ones(client, name):
     assert all(t.top_logprobs[0].token == t.token for t in content)
 
 
+def test_streamed_logprobs_equal_the_answers(client, name):
+    """stream=true with logprobs: each chunk carries its tokens' log-probabilities (OpenAI's chunk format)."""
+    whole = client.completions.create(model=name, prompt="the quick", max_tokens=20, temperature=0, logprobs=2)
+    chunks = list(client.completions.create(model=name, prompt="the quick", max_tokens=20, temperature=0, logprobs=2,
+                                            stream=True))
+    scored = [c.choices[0].logprobs for c in chunks if c.choices[0].text]
+    assert len(scored) >= 2 and all(lp is not None for lp in scored)  # chunks of 8 tokens, each with its own
+    for c in chunks:
+        if c.choices[0].logprobs is not None:
+            assert "".join(c.choices[0].logprobs.tokens) == c.choices[0].text
+    expected = whole.choices[0].logprobs
+    assert sum((lp.tokens for lp in scored), []) == expected.tokens
+    assert sum((lp.text_offset for lp in scored), []) == expected.text_offset
+    np.testing.assert_allclose(sum((lp.token_logprobs for lp in scored), []), expected.token_logprobs, atol=1e-5)
+    assert [max(t, key=t.get) for lp in scored for t in lp.top_logprobs] == expected.tokens
+
+    messages = [{"role": "user", "content": "the"}]
+    chat = client.chat.completions.create(model=name, messages=messages, max_tokens=10, temperature=0, logprobs=True,
+                                          top_logprobs=2)
+    streamed = list(client.chat.completions.create(model=name, messages=messages, max_tokens=10, temperature=0,
+                                                   logprobs=True, top_logprobs=2, stream=True))
+    content = [t for c in streamed if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert [t.token for t in content] == [t.token for t in chat.choices[0].logprobs.content]
+    np.testing.assert_allclose([t.logprob for t in content], [t.logprob for t in chat.choices[0].logprobs.content],
+                               atol=1e-5)
+    assert "".join(t.token for t in content) == chat.choices[0].message.content
+
+
 # --- errors ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("body, status, param, says", [
     (b"{not json", 400, None, "not valid JSON"),
@@ -497,7 +525,7 @@ def _run_jobs(scheduler, specs):
 def scheduler():
     from kerasllm.serving import BatchScheduler
 
-    scheduler = BatchScheduler(RecordingGenerator(), max_batch=4, max_queue=6, chunk_tokens=4, max_spread=8)
+    scheduler = BatchScheduler(RecordingGenerator(), max_batch=4, max_queue=6, chunk_tokens=4)
     scheduler.start()
     yield scheduler
     scheduler.close()
@@ -514,9 +542,10 @@ def test_streaming_rows_decode_in_chunks(scheduler):
     assert [steps for _, steps in scheduler.generator.calls] == [4, 4, 2]
 
 
-def test_rows_far_apart_in_length_do_not_share_a_call(scheduler):
+def test_rows_far_apart_in_length_share_a_call(scheduler):
+    # The decoding loop starts each row after its own prompt: a length spread costs no steps.
     _run_jobs(scheduler, [(2, 3, False), (30, 3, False), (5, 3, False)])
-    assert [rows for rows, _ in scheduler.generator.calls] == [[2, 5], [30]]
+    assert scheduler.generator.calls == [([2, 30, 5, 2], 3)]
 
 
 def test_jobs_with_other_settings_share_a_call_with_per_row_settings(scheduler):
@@ -551,11 +580,68 @@ def test_chat_templates(loaded):
     config, tokenizer, model = loaded
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the"},
                 {"role": "assistant", "content": "fox"}, {"role": "user", "content": "dog"}]
-    ids, stops = ServedModel(config, tokenizer, model, "plain").render_chat(messages)
+    ids, stops, stop_ids = ServedModel(config, tokenizer, model, "plain").render_chat(messages)
     assert ids == tokenizer.encode("System: be brief\nUser: the\nAssistant: fox\nUser: dog\nAssistant:").tolist()
-    assert stops == ["\nUser:", "\nSystem:"]
-    ids, stops = ServedModel(config, tokenizer, model, "sft", sft=True).render_chat(messages)
-    assert ids == [tokenizer.bos_id, *tokenizer.encode("the\ndog").tolist()] and stops == []
+    assert stops == ["\nUser:", "\nSystem:"] and stop_ids == []
+    ids, stops, stop_ids = ServedModel(config, tokenizer, model, "sft", sft=True).render_chat(messages)
+    assert ids == [tokenizer.bos_id, *tokenizer.encode("the\ndog").tolist()] and stops == [] and stop_ids == []
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def chat_checkpoint(folder):
+    """A tiny random GPT-2 written as a Hugging Face folder whose tokenizer has ChatML's
+    special tokens and `chat_template` (as an imported chat model's)."""
+    import keras_hub
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    hf = Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    hf.train_from_iterator([TEXT] * 20, trainer)
+    backbone = keras_hub.models.GPT2Backbone(vocabulary_size=hf.get_vocab_size(), num_layers=1, num_heads=2,
+                                             hidden_dim=16, intermediate_dim=32, max_sequence_length=64)
+    keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None).export_to_transformers(str(folder))
+    (folder / "tokenizer.json").write_text(hf.to_str())
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>", "chat_template": CHATML}))
+    return folder
+
+
+def test_chat_uses_the_checkpoints_template_and_stops_at_its_end_of_turn(tmp_path):
+    from kerasllm.generation import Generator
+    from kerasllm.serving import ServedModel
+
+    served = ServedModel.load(chat_checkpoint(tmp_path / "chatml"))
+    tokenizer = served.tokenizer
+    messages = [{"role": "user", "content": "the quick"}]
+    ids, stops, stop_ids = served.render_chat(messages)
+    assert ids == tokenizer.encode("<|im_start|>user\nthe quick<|im_end|>\n<|im_start|>assistant\n").tolist()
+    assert served.end_of_turn() == "<|im_end|>" and stop_ids == [tokenizer.token_to_id("<|im_end|>")] and not stops
+
+    live = LiveServer(served, max_batch=4)
+    try:
+        client = openai.OpenAI(base_url=live.url + "/v1", api_key="none", max_retries=0, timeout=120)
+        result = client.chat.completions.create(model=served.name, messages=messages, max_tokens=12, temperature=0)
+        assert result.usage.prompt_tokens == len(ids)
+        end = (tokenizer.eos_id, *stop_ids)
+        out = Generator(served.model, tokenizer).generate([ids], 12, temperature=0, stop_ids=end)[0][len(ids):]
+        assert result.choices[0].message.content == tokenizer.decode([i for i in out if i not in end])
+        assert result.choices[0].finish_reason == ("stop" if out[-1] in end else "length")
+        # A model that always answers <|im_end|> ends its turn there, before any text.
+        model, im_end = served.model, tokenizer.token_to_id("<|im_end|>")
+        table = model.token_embedding.embeddings
+        table.assign(np.where(np.arange(table.shape[0])[:, None] == im_end, 20 * table.numpy(), table.numpy()))
+        model.final_norm.gamma.assign(np.zeros(model.final_norm.gamma.shape))
+        model.final_norm.beta.assign(table.numpy()[im_end])  # every position's features: im_end's own
+        ended = client.chat.completions.create(model=served.name, messages=messages, max_tokens=12, temperature=0)
+        assert ended.choices[0].finish_reason == "stop" and ended.choices[0].message.content == ""
+        assert ended.usage.completion_tokens == 0
+    finally:
+        live.stop()
 
 
 def test_a_finetuned_classifier_run_serves_classify(run_dir, tmp_path):
