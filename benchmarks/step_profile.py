@@ -6,15 +6,19 @@ attention core replaced by identity; with tanh-approximate GELU; and the fp32 ma
 The differences attribute the step to forward, backward, optimizer, attention and activation.
 
 `--fit` instead times what `pretrain` adds around the same compiled step (issue 21), on the real
-`tf.data` stream of Tiny Shakespeare, in alternating rounds: the compiled train function called
+`tf.data` stream of random ids, in alternating rounds: the compiled train function called
 in a bare Python loop; `model.fit` with no callbacks; `fit` with kerasllm's callbacks
 (`make_callbacks`: run state, NaN guard, throughput, log, checkpointer, TensorBoard), without
-and with the progress bar; and the same with `steps_per_execution` = 10.
+and with the progress bar; and the same with `steps_per_execution` = 10. `--lstm` times the
+`wikitext2_word_lstm` step (its 33k-word head included) with and without XLA, with the LSTM
+unrolled or as a while loop.
 
     python benchmarks/step_profile.py [--config small|baby] [--repeats 30] [--rounds 3]
     python benchmarks/step_profile.py --fit [--config small] [--steps 100] [--rounds 3]
+    python benchmarks/step_profile.py --lstm [--steps 10] [--rounds 3]
 
-Writes benchmarks/step_profile_<config>.json (`--fit`: step_profile_fit_<config>.json).
+Writes benchmarks/step_profile_<config>.json (`--fit`: step_profile_fit_<config>.json, `--lstm`:
+step_profile_lstm.json).
 """
 
 import argparse
@@ -145,8 +149,31 @@ def fit_variants(shape, steps):
     }
 
 
+def lstm_variants(steps):
+    """name -> function training `steps` steps of the `wikitext2_word_lstm` model one way."""
+    from kerasllm.config import load_config
+    from kerasllm.training.run import compile_model
+
+    config = load_config("wikitext2_word_lstm")
+    vocab, block, batch = 33228, config.model.block_size, config.train.batch_size  # the recipe's vocabulary
+    ids = np.random.default_rng(0).integers(0, vocab, (64 * batch, block + 1)).astype("int32")
+    dataset = tf.data.Dataset.from_tensor_slices((ids[:, :-1], ids[:, 1:])).repeat().batch(batch)
+
+    def variant(jit, unroll):
+        keras.utils.set_random_seed(0)
+        model = build_model(config.model, vocab_size=vocab)
+        for lstm in model.lstms:
+            lstm.unroll = unroll  # read when the layer is called
+        compile_model(model, config, jit_compile=jit)
+        model.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0)  # trace + compile
+        return lambda _: model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
+
+    return {f"{'XLA' if jit else 'no XLA'}, {'unrolled' if unroll else 'while loop'}": variant(jit, unroll)
+            for jit in (False, True) for unroll in (False, True)}
+
+
 def profile_fit(args, shape):
-    variants = fit_variants(shape, args.steps)
+    variants = lstm_variants(args.steps) if args.lstm else fit_variants(shape, args.steps)
     # Wall time is what a user waits, but on a shared host it swings with the load; the CPU time
     # of the Python thread that drives `fit` (TensorFlow runs the step on its own threads while
     # this one waits) is the host overhead per step, and barely moves with the load.
@@ -163,11 +190,12 @@ def profile_fit(args, shape):
             f"{w[-1]:.1f}/{d[-1]:.2f}" for w, d in zip(rounds["wall"].values(), rounds["driver thread cpu"].values()))
             + f" ms/step (load {os.getloadavg()[0]:.1f})", flush=True)
     ms = {clock: {name: statistics.median(v) for name, v in per.items()} for clock, per in rounds.items()}
-    print(f"{args.config}: {shape}; {args.steps} steps per variant per round, median of {args.rounds} rounds")
+    print(f"{'wikitext2_word_lstm' if args.lstm else args.config + ': ' + str(shape)}; {args.steps} steps per "
+          f"variant per round, median of {args.rounds} rounds")
     print(f"{'variant':48} " + " ".join(f"{clock + ' ms':>20}" for clock in clocks))
     for name in variants:
         print(f"{name:48} " + " ".join(f"{ms[clock][name]:20.2f}" for clock in clocks))
-    out = Path(__file__).with_name(f"step_profile_fit_{args.config}.json")
+    out = Path(__file__).with_name("step_profile_lstm.json" if args.lstm else f"step_profile_fit_{args.config}.json")
     out.write_text(json.dumps({"shape": shape, "steps": args.steps, "ms_per_step": ms, "rounds": rounds,
                                "load_average": os.getloadavg()}, indent=1))
     print(f"wrote {out}")
@@ -179,9 +207,11 @@ def main():
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--fit", action="store_true", help="time the fit loop and callbacks around the step")
-    parser.add_argument("--steps", type=int, default=100, help="--fit: steps per variant per round")
+    parser.add_argument("--steps", type=int, default=100, help="--fit/--lstm: steps per variant per round")
+    parser.add_argument("--lstm", action="store_true",
+                        help="time the wikitext2_word_lstm step with and without XLA, unrolled or as a while loop")
     args = parser.parse_args()
-    if args.fit:
+    if args.fit or args.lstm:
         return profile_fit(args, CONFIGS[args.config])
     shape = CONFIGS[args.config]
     rng = np.random.default_rng(0)

@@ -307,8 +307,10 @@ def _run_state(config, resume):
 
 
 def _plan(train, state, model):
+    # TensorBoard's batch-level scalars (`log_every`) count calls, not steps: one step per call then.
+    per_call = 1 if train.log_every else train.steps_per_execution
     plan = StepPlan(train.max_steps, train.eval_interval, train.checkpoint_every, train.grad_accum_steps,
-                    state.batches, train.steps_per_execution)
+                    state.batches, per_call)
     # Read by Keras when `fit` builds the train function: whole calls that end on epoch ends.
     model.steps_per_execution = plan.execution
     return plan
