@@ -13,7 +13,8 @@ Two pairs, each trained alternately in rounds so that a busy host slows both ali
 Each round trains each side `--steps` steps (a fresh `pretrain` on the kerasllm side, so its
 trace and compile fall in the first steps) and measures tokens/s over the steps after the first
 `--warmup`, without validation. Printed: tokens/s of each side per round, the ratio
-kerasllm / PyTorch per round and the median ratio. kerasllm's word tokenizer cuts WikiText-2
+kerasllm / PyTorch per round and the median ratio; the same for tokens per second of process
+CPU time, which a host shared with other work changes far less than the wall time. kerasllm's word tokenizer cuts WikiText-2
 into more pieces than pytorch's whitespace split, so the LSTM pair also reports words/s
 (tokens/s scaled by pytorch tokens per kerasllm token over the validation text).
 
@@ -136,7 +137,7 @@ class TorchWordLM:
         with torch.no_grad():
             for p in self.model.parameters():
                 p.add_(p.grad, alpha=-self.lr)
-        return float(loss)
+        return float(loss.detach())
 
     def evaluate(self):
         """Mean loss per token over valid.txt, state carried (its `evaluate(val_data)`)."""
@@ -157,13 +158,14 @@ class TorchWordLM:
 # --- timing ---------------------------------------------------------------------------------------
 
 def timed_torch_steps(step, steps, warmup):
-    """Seconds of steps `warmup..steps` (each a whole iteration: batch, forward, backward, update)."""
+    """`(wall, process cpu)` seconds of steps `warmup..steps` (each a whole iteration: batch,
+    forward, backward, update)."""
     for _ in range(warmup):
         step()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps - warmup):
         step()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def step_timer(warmup):
@@ -173,24 +175,26 @@ def step_timer(warmup):
     class StepTimer(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
-            self.marks, self.paused, self.epoch = [], 0.0, 0
+            self.marks, self.paused, self.epoch = [], [0.0, 0.0], 0
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch
 
         def on_train_batch_end(self, batch, logs=None):  # batch: the last step of the execution
-            self.marks.append((self.epoch * self.params["steps"] + batch + 1, time.perf_counter(), self.paused))
+            self.marks.append((self.epoch * self.params["steps"] + batch + 1, time.perf_counter(),
+                               time.process_time(), self.paused))
 
         def on_test_begin(self, logs=None):
-            self._test_start = time.perf_counter()
+            self._test_start = (time.perf_counter(), time.process_time())
 
         def on_test_end(self, logs=None):
-            self.paused += time.perf_counter() - self._test_start
+            self.paused += [time.perf_counter() - self._test_start[0], time.process_time() - self._test_start[1]]
 
         def steps_and_seconds(self):
+            """`(steps, wall seconds, process cpu seconds)` after the warm-up, validation left out."""
             marks = [m for m in self.marks if m[0] >= warmup]
-            (s0, t0, p0), (s1, t1, p1) = marks[0], marks[-1]
-            return s1 - s0, (t1 - t0) - (p1 - p0)
+            (s0, t0, c0, p0), (s1, t1, c1, p1) = marks[0], marks[-1]
+            return s1 - s0, (t1 - t0) - (p1[0] - p0[0]), (c1 - c0) - (p1[1] - p0[1])
 
     return StepTimer()
 
@@ -202,15 +206,17 @@ def kerasllm_config(recipe, overrides):
 
 
 def kerasllm_round(config, steps, warmup, workdir):
-    """`pretrain` for `steps` steps; returns `(tokens/s after warmup, metrics, model, tokenizer)`."""
+    """`pretrain` for `steps` steps; returns `((tokens/s, tokens per cpu second) after warmup,
+    metrics, model, tokenizer)`."""
     from kerasllm.training.run import pretrain
 
     config = config.replace(train=dataclasses.replace(config.train, max_steps=steps))
     timer = step_timer(warmup)
     model, tokenizer, metrics = pretrain(config, workdir, restart=True, log=lambda *a: None, verbose=0,
                                          callbacks=[timer])
-    n, seconds = timer.steps_and_seconds()
-    return n * config.train.batch_size * config.model.block_size / seconds, metrics, model, tokenizer
+    n, seconds, cpu = timer.steps_and_seconds()
+    tokens = n * config.train.batch_size * config.model.block_size
+    return (tokens / seconds, tokens / cpu), metrics, model, tokenizer
 
 
 # --- the pairs ------------------------------------------------------------------------------------
@@ -256,15 +262,16 @@ def lstm_pair(args, workdir):
     holder = {}
 
     def kerasllm_side():
-        tps, _, _, tokenizer = kerasllm_round(config, steps, warmup, workdir / "lstm")
+        rates, _, _, tokenizer = kerasllm_round(config, steps, warmup, workdir / "lstm")
         holder.setdefault("tokenizer", tokenizer)
-        return tps
+        return rates
 
     result = run_rounds("lstm", args.rounds, steps, warmup, TorchWordLM.batch * TorchWordLM.bptt,
                         reference.step, kerasllm_side)
     ratio = words_per_token(holder["tokenizer"])
     result["pytorch_tokens_per_kerasllm_token"] = ratio
     result["kerasllm_words_per_second"] = [t * ratio for t in result["kerasllm_tokens_per_second"]]
+    result["median_ratio_words_per_cpu_second"] = ratio * result["median_ratio_per_cpu_second"]
     result["median_ratio_words"] = statistics.median(
         k * ratio / t for k, t in zip(result["kerasllm_tokens_per_second"], result["pytorch_tokens_per_second"]))
     print(f"lstm: kerasllm's word pieces are {1 / ratio:.3f} per pytorch token; median ratio in words/s "
@@ -273,17 +280,29 @@ def lstm_pair(args, workdir):
 
 
 def run_rounds(name, rounds, steps, warmup, tokens_per_step, torch_step, kerasllm_side):
-    torch_tps, keras_tps = [], []
+    """Alternating rounds. Besides tokens/s, tokens per second of process CPU time: on a host shared
+    with other work, wall time swings with the load while the CPU time a step costs barely does."""
+    torch_tps, keras_tps, torch_tpc, keras_tpc = [], [], [], []
     for r in range(rounds):
-        torch_tps.append(tokens_per_step * (steps - warmup) / timed_torch_steps(torch_step, steps, warmup))
-        keras_tps.append(kerasllm_side())
+        wall, cpu = timed_torch_steps(torch_step, steps, warmup)
+        torch_tps.append(tokens_per_step * (steps - warmup) / wall)
+        torch_tpc.append(tokens_per_step * (steps - warmup) / cpu)
+        tps, tpc = kerasllm_side()
+        keras_tps.append(tps)
+        keras_tpc.append(tpc)
         print(f"{name} round {r + 1}: pytorch {torch_tps[-1]:8,.0f} tok/s  kerasllm {keras_tps[-1]:8,.0f} tok/s  "
-              f"ratio {keras_tps[-1] / torch_tps[-1]:.3f}  (load {os.getloadavg()[0]:.2f})", flush=True)
+              f"ratio {keras_tps[-1] / torch_tps[-1]:.3f}; per cpu second pytorch {torch_tpc[-1]:8,.0f} kerasllm "
+              f"{keras_tpc[-1]:8,.0f} ratio {keras_tpc[-1] / torch_tpc[-1]:.3f}  (load {os.getloadavg()[0]:.2f})",
+              flush=True)
     ratios = [k / t for k, t in zip(keras_tps, torch_tps)]
-    print(f"{name}: median ratio kerasllm / pytorch {statistics.median(ratios):.3f} over {rounds} rounds of "
-          f"{steps} steps ({warmup} warm-up steps left out)", flush=True)
+    cpu_ratios = [k / t for k, t in zip(keras_tpc, torch_tpc)]
+    print(f"{name}: median ratio kerasllm / pytorch {statistics.median(ratios):.3f} (per cpu second "
+          f"{statistics.median(cpu_ratios):.3f}) over {rounds} rounds of {steps} steps ({warmup} warm-up steps "
+          "left out)", flush=True)
     return {"steps": steps, "warmup": warmup, "pytorch_tokens_per_second": torch_tps,
-            "kerasllm_tokens_per_second": keras_tps, "ratios": ratios, "median_ratio": statistics.median(ratios)}
+            "kerasllm_tokens_per_second": keras_tps, "ratios": ratios, "median_ratio": statistics.median(ratios),
+            "pytorch_tokens_per_cpu_second": torch_tpc, "kerasllm_tokens_per_cpu_second": keras_tpc,
+            "ratios_per_cpu_second": cpu_ratios, "median_ratio_per_cpu_second": statistics.median(cpu_ratios)}
 
 
 # --- one epoch of each LSTM, valid perplexity -------------------------------------------------------
@@ -331,7 +350,7 @@ def lstm_epoch(args, workdir):
     eval_steps = math.ceil(((len(data.val_ids) - 1) // block) / batch)
     config = config.replace(train=dataclasses.replace(config.train, eval_interval=epoch_steps, eval_steps=eval_steps))
     started = time.perf_counter()
-    tps, metrics, model, tokenizer = kerasllm_round(config, epoch_steps, 10, workdir / "lstm_epoch")
+    (tps, _), metrics, model, tokenizer = kerasllm_round(config, epoch_steps, 10, workdir / "lstm_epoch")
     keras_seconds = time.perf_counter() - started
     nll, scored = kerasllm_stateful_nll(model, np.asarray(data.val_ids))
     torch_tokens = reference.val_tokens
