@@ -331,13 +331,14 @@ def kerasllm_stateful_nll(model, ids, batch=10, bptt=35):
 
 def lstm_epoch(args, workdir):
     reference = TorchWordLM()
+    torch_steps = args.epoch_steps or reference.epoch_batches
     started = time.perf_counter()
-    for _ in range(reference.epoch_batches):
+    for _ in range(torch_steps):
         reference.step()
     torch_seconds = time.perf_counter() - started
     torch_val = reference.evaluate()
-    torch_result = {"batches": reference.epoch_batches, "seconds": torch_seconds,
-                    "tokens_per_second": reference.epoch_batches * 20 * 35 / torch_seconds,
+    torch_result = {"batches": torch_steps, "seconds": torch_seconds,
+                    "tokens_per_second": torch_steps * 20 * 35 / torch_seconds,
                     "val_loss": torch_val, "val_perplexity": math.exp(torch_val), "vocabulary": reference.vocab_size}
     print(f"pytorch: one epoch {torch_seconds:.0f} s, valid perplexity {math.exp(torch_val):.2f}", flush=True)
 
@@ -346,7 +347,7 @@ def lstm_epoch(args, workdir):
     config = lstm_config(args)
     data = prepare_data(config, log=lambda *a: None)
     block, batch = config.model.block_size, config.train.batch_size
-    epoch_steps = (len(data.train_ids) - 1) // block // batch  # every non-overlapping window once
+    epoch_steps = args.epoch_steps or (len(data.train_ids) - 1) // block // batch  # every window once
     eval_steps = math.ceil(((len(data.val_ids) - 1) // block) / batch)
     config = config.replace(train=dataclasses.replace(config.train, eval_interval=epoch_steps, eval_steps=eval_steps))
     started = time.perf_counter()
@@ -375,7 +376,9 @@ def main():
     parser.add_argument("--warmup", type=int, default=10, help="first steps of each round left out")
     parser.add_argument("--quick", action="store_true", help="fewer steps (gpt 150, lstm 40): a few minutes")
     parser.add_argument("--lstm-epoch", action="store_true", help="one epoch of each LSTM; valid perplexity")
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--epoch-steps", type=int, default=0,
+                        help="--lstm-epoch: train this many steps per side instead of one epoch (a smoke test)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch's threads")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE override for the kerasllm recipes")
     parser.add_argument("--out")
     args = parser.parse_args()
