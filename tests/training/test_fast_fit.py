@@ -64,15 +64,16 @@ def test_wikitext2_word_lstm_recipe_is_word_language_models_defaults():
     assert data.tokenizer == "word" and data.split == "position"
 
 
+@pytest.mark.slow  # the first time: the word tokenizer and the token store of WikiText-2 (~2 min)
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data/wikitext-2")
 def test_wikitext2_word_lstm_validates_on_exactly_valid_txt():
-    from kerasllm.data import load_corpus, split_documents
+    from kerasllm.training.run import prepare_data
 
     config = load_config("wikitext2_word_lstm", [f"data.dataset={SHARED / '[tv][ra]*.txt'}"])
-    documents = load_corpus(config.data.dataset)
-    train, val = split_documents(documents, config.data.val_fraction, config.data.split)
-    assert train == [(SHARED / "train.txt").read_text(encoding="utf-8")]
-    assert val == [(SHARED / "valid.txt").read_text(encoding="utf-8")]
+    data = prepare_data(config, log=lambda *_: None)
+    valid = data.tokenizer.encode((SHARED / "valid.txt").read_text(encoding="utf-8"))
+    np.testing.assert_array_equal(np.asarray(data.val_ids), [*valid, data.tokenizer.eos_id])
+    assert len(data.train_ids) // config.model.block_size // config.train.batch_size == config.train.eval_interval
 
 
 @pytest.mark.slow  # ~30 s on a busy 2-core host (the word tokenizer and the LSTM's graph)
