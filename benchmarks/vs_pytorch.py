@@ -150,10 +150,6 @@ class TorchWordLM:
                 total += seq * F.nll_loss(out.view(-1, self.vocab_size), self.val_data[i + 1:i + 1 + seq].reshape(-1)).item()
         return total / (self.val_data.size(0) - 1)
 
-    @property
-    def val_tokens(self):
-        return (self.val_data.size(0) - 1) * self.eval_batch
-
 
 # --- timing ---------------------------------------------------------------------------------------
 
@@ -340,7 +336,8 @@ def lstm_epoch(args, workdir):
     torch_result = {"batches": torch_steps, "seconds": torch_seconds,
                     "tokens_per_second": torch_steps * 20 * 35 / torch_seconds,
                     "val_loss": torch_val, "val_perplexity": math.exp(torch_val), "vocabulary": reference.vocab_size}
-    print(f"pytorch: one epoch {torch_seconds:.0f} s, valid perplexity {math.exp(torch_val):.2f}", flush=True)
+    what = f"{torch_steps} steps" if args.epoch_steps else f"one epoch ({torch_steps} steps)"
+    print(f"pytorch: {what} {torch_seconds:.0f} s, valid perplexity {math.exp(torch_val):.2f}", flush=True)
 
     from kerasllm.training.run import prepare_data
 
@@ -354,16 +351,20 @@ def lstm_epoch(args, workdir):
     (tps, _), metrics, model, tokenizer = kerasllm_round(config, epoch_steps, 10, workdir / "lstm_epoch")
     keras_seconds = time.perf_counter() - started
     nll, scored = kerasllm_stateful_nll(model, np.asarray(data.val_ids))
-    torch_tokens = reference.val_tokens
-    per_word = nll * (torch_tokens / scored) / torch_tokens  # the same text's loss per pytorch token
+    # The same text's loss per pytorch token: kerasllm's pieces scored, over the pytorch tokens
+    # (words + <eos> per line) of the share of valid.txt those pieces cover.
+    words_per_piece = words_per_token(tokenizer)
+    per_word = nll / (scored * words_per_piece)
     keras_result = {"steps": epoch_steps, "wall_seconds": keras_seconds, "tokens_per_second": tps,
                     "val_loss_windows_per_piece": metrics["val_loss"], "val_pieces": len(data.val_ids),
+                    "val_loss_per_piece_stateful": nll / scored,
                     "val_loss_per_pytorch_token_stateful": per_word, "val_perplexity": math.exp(per_word),
-                    "vocabulary": tokenizer.vocabulary_size,
-                    "words_per_second": epoch_steps * batch * block / keras_seconds * torch_tokens / scored}
-    print(f"kerasllm: one epoch ({epoch_steps} steps) {keras_seconds:.0f} s wall, {tps:,.0f} tok/s; valid perplexity "
-          f"per pytorch token {math.exp(per_word):.2f} (pretrain's zero-state window loss per piece "
-          f"{metrics['val_loss']:.4f})", flush=True)
+                    "vocabulary": tokenizer.vocabulary_size, "pytorch_tokens_per_piece": words_per_piece,
+                    "words_per_second": epoch_steps * batch * block / keras_seconds * words_per_piece}
+    what = f"{epoch_steps} steps" if args.epoch_steps else f"one epoch ({epoch_steps} steps)"
+    print(f"kerasllm: {what} {keras_seconds:.0f} s wall, {tps:,.0f} tok/s; valid perplexity per pytorch token "
+          f"{math.exp(per_word):.2f} (per piece, state carried {math.exp(nll / scored):.2f}; pretrain's zero-state "
+          f"window loss per piece {metrics['val_loss']:.4f})", flush=True)
     return {"pytorch": torch_result, "kerasllm": keras_result,
             "words_per_second_ratio": keras_result["words_per_second"] / torch_result["tokens_per_second"]}
 
