@@ -348,7 +348,8 @@ def lstm_epoch(args, workdir):
     eval_steps = math.ceil(((len(data.val_ids) - 1) // block) / batch)
     config = config.replace(train=dataclasses.replace(config.train, eval_interval=epoch_steps, eval_steps=eval_steps))
     started = time.perf_counter()
-    (tps, _), metrics, model, tokenizer = kerasllm_round(config, epoch_steps, 10, workdir / "lstm_epoch")
+    warmup = min(10, epoch_steps // 2)
+    (tps, _), metrics, model, tokenizer = kerasllm_round(config, epoch_steps, warmup, workdir / "lstm_epoch")
     keras_seconds = time.perf_counter() - started
     nll, scored = kerasllm_stateful_nll(model, np.asarray(data.val_ids))
     # The same text's loss per pytorch token: kerasllm's pieces scored, over the pytorch tokens
