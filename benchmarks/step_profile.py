@@ -5,12 +5,26 @@ the whole step (forward + backward + AdamW with clipping and schedule); the whol
 attention core replaced by identity; with tanh-approximate GELU; and the fp32 matmul peak.
 The differences attribute the step to forward, backward, optimizer, attention and activation.
 
-    python benchmarks/step_profile.py [--config small|baby] [--repeats 30] [--rounds 3]
+`--fit` instead times what `pretrain` adds around the same compiled step (issue 21), on the real
+`tf.data` stream of random ids, in alternating rounds: the compiled train function called
+in a bare Python loop; `model.fit` with no callbacks; `fit` with kerasllm's callbacks
+(`make_callbacks`: run state, NaN guard, throughput, log, checkpointer, TensorBoard), without
+and with the progress bar; and the same with `steps_per_execution` = 10. `--lstm` times the
+`wikitext2_word_lstm` step (its 33k-word head included) with and without XLA, with the LSTM
+unrolled or as a while loop.
 
-Writes benchmarks/step_profile_<config>.json.
+    python benchmarks/step_profile.py [--config small|baby] [--repeats 30] [--rounds 3]
+    python benchmarks/step_profile.py --fit [--config small] [--steps 100] [--rounds 3]
+    python benchmarks/step_profile.py --lstm [--steps 10] [--rounds 3]
+
+Writes benchmarks/step_profile_<config>.json (`--fit`: step_profile_fit_<config>.json, `--lstm`:
+step_profile_lstm.json).
 """
 
 import argparse
+import contextlib
+import io
+import dataclasses
 import json
 import os
 import statistics
@@ -77,12 +91,129 @@ def timed(fn, x, y, repeats):
     return 1000 * statistics.median(times)
 
 
+def fit_variants(shape, steps):
+    """name -> function running `steps` training steps of one compiled model, its way."""
+    import tempfile
+
+    from kerasllm.data import lm_dataset
+    from kerasllm.training.callbacks import RunState, make_callbacks
+    from kerasllm.training.rundir import RunDir
+    from kerasllm.training.run import compile_model
+    from kerasllm.config import load_config
+
+    ids = np.random.default_rng(0).integers(0, VOCAB, 1_000_000).astype("int32")
+    dataset = lm_dataset(ids, shape["block_size"], shape["batch_size"], seed=0)
+    config = load_config("shakespeare_char_cpu", [f"model.n_layer={shape['n_layer']}",
+                                                  f"model.n_head={shape['n_head']}", f"model.n_embd={shape['n_embd']}",
+                                                  f"model.block_size={shape['block_size']}",
+                                                  f"train.batch_size={shape['batch_size']}", "train.max_steps=100000"])
+    tmp = Path(tempfile.mkdtemp(prefix="step_profile_"))
+    models = {}
+
+    def model_for(steps_per_execution):
+        if steps_per_execution not in models:
+            keras.utils.set_random_seed(0)
+            train = dataclasses.replace(config.train, steps_per_execution=steps_per_execution)
+            model = build_model(config.model, vocab_size=VOCAB)
+            compile_model(model, config.replace(train=train), jit_compile=True)
+            model.fit(dataset, steps_per_epoch=2 * steps_per_execution, epochs=1, verbose=0)  # trace + compile
+            models[steps_per_execution] = model
+        return models[steps_per_execution]
+
+    def bare(_):
+        model = model_for(1)
+        iterator = iter(dataset)
+        for _ in range(steps):
+            logs = model.train_function(iterator)
+        float(logs["loss"])
+
+    def fit(callbacks, verbose=0, steps_per_execution=1):
+        def run(round_index):
+            model = model_for(steps_per_execution)
+            cbs = []
+            if callbacks:
+                state = RunState(0, 1, shape["batch_size"] * shape["block_size"], max_steps=100000)
+                run_dir = RunDir(tmp / f"run{round_index}_{verbose}_{steps_per_execution}")
+                run_dir.path.mkdir(parents=True, exist_ok=True)
+                cbs = make_callbacks(run_dir, model, config.train, state).ordered()
+            model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=verbose, callbacks=cbs, shuffle=False)
+        return run
+
+    model_for(1), model_for(10)  # traced and compiled before any timing
+    return {
+        "compiled step, bare loop": bare,
+        "fit, no callbacks": fit(False),
+        "fit, kerasllm callbacks": fit(True),
+        "fit, kerasllm callbacks, progress bar": fit(True, verbose=1),
+        "fit, no callbacks, steps_per_execution=10": fit(False, steps_per_execution=10),
+        "fit, kerasllm callbacks, steps_per_execution=10": fit(True, steps_per_execution=10),
+    }
+
+
+def lstm_variants(steps):
+    """name -> function training `steps` steps of the `wikitext2_word_lstm` model one way."""
+    from kerasllm.config import load_config
+    from kerasllm.training.run import compile_model
+
+    config = load_config("wikitext2_word_lstm")
+    vocab, block, batch = 33228, config.model.block_size, config.train.batch_size  # the recipe's vocabulary
+    ids = np.random.default_rng(0).integers(0, vocab, (64 * batch, block + 1)).astype("int32")
+    dataset = tf.data.Dataset.from_tensor_slices((ids[:, :-1], ids[:, 1:])).repeat().batch(batch)
+
+    def variant(jit, unroll):
+        keras.utils.set_random_seed(0)
+        model = build_model(config.model, vocab_size=vocab)
+        for lstm in model.lstms:
+            lstm.unroll = unroll  # read when the layer is called
+        compile_model(model, config, jit_compile=jit)
+        model.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0)  # trace + compile
+        return lambda _: model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
+
+    return {f"{'XLA' if jit else 'no XLA'}, {'unrolled' if unroll else 'while loop'}": variant(jit, unroll)
+            for jit in (False, True) for unroll in (False, True)}
+
+
+def profile_fit(args, shape):
+    variants = lstm_variants(args.steps) if args.lstm else fit_variants(shape, args.steps)
+    # Wall time is what a user waits, but on a shared host it swings with the load; the CPU time
+    # of the Python thread that drives `fit` (TensorFlow runs the step on its own threads while
+    # this one waits) is the host overhead per step, and barely moves with the load.
+    clocks = {"wall": time.perf_counter, "process cpu": time.process_time, "driver thread cpu": time.thread_time}
+    rounds = {clock: {name: [] for name in variants} for clock in clocks}
+    for r in range(args.rounds):
+        for name, run in variants.items():
+            start = {clock: f() for clock, f in clocks.items()}
+            with contextlib.redirect_stdout(io.StringIO()):  # the progress bar's output
+                run(r)
+            for clock, f in clocks.items():
+                rounds[clock][name].append(1000 * (f() - start[clock]) / args.steps)
+        print(f"round {r + 1} (wall, driver thread cpu): " + ", ".join(
+            f"{w[-1]:.1f}/{d[-1]:.2f}" for w, d in zip(rounds["wall"].values(), rounds["driver thread cpu"].values()))
+            + f" ms/step (load {os.getloadavg()[0]:.1f})", flush=True)
+    ms = {clock: {name: statistics.median(v) for name, v in per.items()} for clock, per in rounds.items()}
+    print(f"{'wikitext2_word_lstm' if args.lstm else args.config + ': ' + str(shape)}; {args.steps} steps per "
+          f"variant per round, median of {args.rounds} rounds")
+    print(f"{'variant':48} " + " ".join(f"{clock + ' ms':>20}" for clock in clocks))
+    for name in variants:
+        print(f"{name:48} " + " ".join(f"{ms[clock][name]:20.2f}" for clock in clocks))
+    out = Path(__file__).with_name("step_profile_lstm.json" if args.lstm else f"step_profile_fit_{args.config}.json")
+    out.write_text(json.dumps({"shape": shape, "steps": args.steps, "ms_per_step": ms, "rounds": rounds,
+                               "load_average": os.getloadavg()}, indent=1))
+    print(f"wrote {out}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="small", choices=sorted(CONFIGS))
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--fit", action="store_true", help="time the fit loop and callbacks around the step")
+    parser.add_argument("--steps", type=int, default=100, help="--fit/--lstm: steps per variant per round")
+    parser.add_argument("--lstm", action="store_true",
+                        help="time the wikitext2_word_lstm step with and without XLA, unrolled or as a while loop")
     args = parser.parse_args()
+    if args.fit or args.lstm:
+        return profile_fit(args, CONFIGS[args.config])
     shape = CONFIGS[args.config]
     rng = np.random.default_rng(0)
     x = tf.constant(rng.integers(0, VOCAB, (shape["batch_size"], shape["block_size"])), tf.int32)

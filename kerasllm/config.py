@@ -256,7 +256,9 @@ class TrainConfig(_Section):
     keep_checkpoints: int = _opt(2, "how many of the latest checkpoints to keep", bounds=">= 1")
     seed: int = _opt(1337, "seed of weight init and dropout", bounds=">= 0")
     jit_compile: bool = _opt(True, "XLA-compile the train step")
-    steps_per_execution: int = _opt(1, "train steps per compiled call", bounds=">= 1")
+    steps_per_execution: int = _opt(
+        1, "train steps per compiled call, at most (lowered to divide max_steps, eval_interval and checkpoint_every)",
+        bounds=">= 1")
     log_every: int = _opt(0, "TensorBoard scalar interval in steps; 0: once per eval", bounds=">= 0")
     optimizer: str = _choice("adamw", ["adamw", "adam", "sgd"], "optimizer (AdamW decays >=2-D kernels only)")
     momentum: float = _opt(0.9, "SGD momentum; 0: plain SGD", bounds="[0, 1)")
@@ -523,11 +525,12 @@ def _batch_splits_into_micro_batches(train):
                 f"{train.grad_accum_steps} (each optimizer step averages that many equal micro-batches)")
 
 
-@_rule("train.steps_per_execution", "train.grad_accum_steps", "train.checkpoint_every")
+@_rule("train.steps_per_execution", "train.grad_accum_steps")
 def _steps_per_execution_counts_batches(train):
-    if train.steps_per_execution != 1 and (train.grad_accum_steps > 1 or train.checkpoint_every):
+    # (Other step counts need not be multiples: `StepPlan` lowers it to a common divisor.)
+    if train.steps_per_execution != 1 and train.grad_accum_steps > 1:
         return (f"train.steps_per_execution = {train.steps_per_execution}: use 1 with "
-                "train.grad_accum_steps > 1 or train.checkpoint_every (they count single batches)")
+                "train.grad_accum_steps > 1 (it counts single batches)")
 
 
 def remat_problem(model_config):

@@ -83,7 +83,7 @@ def test_from_dict_rejects_wrong_table():
         (["finetune.head_dropout=2"], "finetune.head_dropout", ["finetune.head_dropout = 2.0", "[0, 1)"]),
         (["model.n_layer=0"], "model.n_layer", [">= 1"]),
         (["train.grad_accum_steps=5"], "train.grad_accum_steps", ["train.batch_size = 16 must be a multiple"]),
-        (["train.checkpoint_every=10", "train.steps_per_execution=4"], "train.steps_per_execution", ["use 1 with"]),
+        (["train.grad_accum_steps=2", "train.steps_per_execution=4"], "train.steps_per_execution", ["use 1 with"]),
         (["train.max_steps=0"], "train.max_steps", [">= 1"]),
         (["train.eval_interval=0"], "train.eval_interval", [">= 1"]),
         (["train.eval_steps=-1"], "train.eval_steps", [">= 1"]),

@@ -48,13 +48,20 @@ class RunState(keras.callbacks.Callback):
         self.accum = accum
         self.tokens_per_batch = tokens_per_batch
         self.max_steps = max_steps
+        self._first = None  # index of the execution's first batch (steps_per_execution > 1)
 
     @property
     def step(self):
         return self.batches // self.accum
 
+    def on_train_batch_begin(self, batch, logs=None):
+        self._first = batch
+
     def on_train_batch_end(self, batch, logs=None):
-        self.batches += 1
+        # Keras calls this once per execution of `steps_per_execution` batches, with `batch`
+        # the index of its last one.
+        self.batches += 1 if self._first is None else batch - self._first + 1
+        self._first = None
         if self.max_steps is not None and self.batches >= self.max_steps * self.accum:
             self.model.stop_training = True
 
@@ -180,7 +187,7 @@ class Checkpointer(keras.callbacks.Callback):
         self.enabled = enabled
         self.best_val_loss = math.inf
         self.last_saved = None
-        self.last_loss = None
+        self._loss = None
         self.last_val_loss = None
 
     def info(self, file):
@@ -214,8 +221,13 @@ class Checkpointer(keras.callbacks.Callback):
         self.last_saved = self.state.batches
         return path
 
+    @property
+    def last_loss(self):
+        return None if self._loss is None else float(self._loss)
+
     def on_train_batch_end(self, batch, logs=None):
-        self.last_loss = float((logs or {}).get("loss", math.nan))
+        # Kept as the tensor and read when a checkpoint is written: no host sync per step.
+        self._loss = (logs or {}).get("loss", math.nan)
 
     def on_epoch_end(self, epoch, logs=None):
         # Epochs end on multiples of `every` (see `pretrain`); this runs after the evaluation

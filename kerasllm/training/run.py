@@ -147,8 +147,7 @@ def pretrain(config, output_dir, restart=False, overwrite=False, init_from=None,
         else:
             _start(run, config, data)
         state = _run_state(config, resume)
-        plan = StepPlan(config.train.max_steps, config.train.eval_interval, config.train.checkpoint_every,
-                        config.train.grad_accum_steps, state.batches)
+        plan = _plan(config.train, state, model)
         train_ds, val_ds = _datasets(config, data, placement)
         cbs = make_callbacks(
             run, model, config.train, state, resume and resume["info"],
@@ -313,6 +312,16 @@ def _run_state(config, resume):
     )
 
 
+def _plan(train, state, model):
+    # TensorBoard's batch-level scalars (`log_every`) count calls, not steps: one step per call then.
+    per_call = 1 if train.log_every else train.steps_per_execution
+    plan = StepPlan(train.max_steps, train.eval_interval, train.checkpoint_every, train.grad_accum_steps,
+                    state.batches, per_call)
+    # Read by Keras when `fit` builds the train function: whole calls that end on epoch ends.
+    model.steps_per_execution = plan.execution
+    return plan
+
+
 def _datasets(config, data, placement=None):
     """`(train_ds(start_batch), val_ds)`: the shuffled training stream from a data position,
     and validation windows spread evenly over the whole split (not its first pages), so
@@ -364,6 +373,7 @@ def _describe(config, model, plan, log):
         f"({config.model.n_layer} layers, {config.model.n_embd} wide, context {block}); "
         f"{train.max_steps} steps of {train.batch_size} x {block} tokens, validation every "
         f"{train.eval_interval}, checkpoint every {plan.every}"
+        + (f", {plan.execution} steps per compiled call" if plan.execution > 1 else "")
     )
     if plan.done:
         log(f"already trained to step {plan.step} (train.max_steps = {train.max_steps}); use --restart to start over")

@@ -11,6 +11,11 @@ epoch with a short `fit`, then continues with whole epochs: the same epoch ends,
 checkpoints as an uninterrupted run. This module is pure Python (no Keras) so that every
 combination can be unit tested.
 
+With `steps_per_execution = k > 1` Keras runs k batches per compiled call and always whole
+calls (an epoch of `steps_per_epoch` batches runs `ceil(steps_per_epoch / k)` calls), so the
+plan runs `execution` batches per call: the largest divisor of k that also divides the epoch
+length, `max_steps` and the resume position, so that epochs and the run end where they should.
+
 Examples:
 
 >>> plan = StepPlan(max_steps=10, eval_interval=4, checkpoint_every=2)
@@ -65,6 +70,10 @@ class StepPlan:
         checkpoint_every: steps between checkpoints; 0 means `eval_interval`.
         accum: batches per optimizer step (gradient accumulation).
         batches: batches already consumed (a resumed run's data position).
+        steps_per_execution: batches per compiled call, at most (see `execution`).
+
+    Raises:
+        ValueError: a setting out of range, or `steps_per_execution > 1` with `accum > 1`.
     """
 
     max_steps: int
@@ -72,13 +81,17 @@ class StepPlan:
     checkpoint_every: int = 0
     accum: int = 1
     batches: int = 0
+    steps_per_execution: int = 1
 
     def __post_init__(self):
-        for name in ("max_steps", "eval_interval", "accum"):
+        for name in ("max_steps", "eval_interval", "accum", "steps_per_execution"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: expected a positive integer")
         if self.checkpoint_every < 0 or self.batches < 0:
             raise ValueError("checkpoint_every and batches must be >= 0")
+        if self.steps_per_execution > 1 and self.accum > 1:
+            raise ValueError(f"train.steps_per_execution = {self.steps_per_execution}: use 1 with "
+                             "train.grad_accum_steps > 1")
 
     @property
     def every(self):
@@ -89,6 +102,18 @@ class StepPlan:
     def chunk(self):
         """Optimizer steps per Keras epoch."""
         return math.gcd(self.eval_interval, self.every)
+
+    @property
+    def execution(self):
+        """Batches per compiled call: `steps_per_execution` lowered to divide the epoch length,
+        `max_steps` and the resume position (Keras runs whole calls only).
+
+        >>> StepPlan(2000, 250, steps_per_execution=10).execution
+        10
+        >>> StepPlan(2000, 250, steps_per_execution=10, batches=1005).execution  # a resume at 1005
+        5
+        """
+        return math.gcd(self.steps_per_execution, self.chunk * self.accum, self.max_steps * self.accum, self.batches)
 
     @property
     def step(self):

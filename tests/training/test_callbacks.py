@@ -52,6 +52,34 @@ def test_run_state_counts_batches_steps_and_stops_at_max_steps(model):
     assert logs == {"loss": 1.0}
 
 
+def test_run_state_counts_every_batch_of_a_multi_step_execution(model):
+    # steps_per_execution = 5: Keras calls begin(first index) and end(last index) once per 5 batches.
+    state = attach(RunState(batches=0, max_steps=12), model)
+    for first in (0, 5):
+        state.on_train_batch_begin(first)
+        state.on_train_batch_end(first + 4, {})
+    assert (state.batches, model.stop_training) == (10, False)
+    state.on_train_batch_begin(10)
+    state.on_train_batch_end(14, {})
+    assert (state.batches, model.stop_training) == (15, True)
+
+
+def test_checkpointer_reads_the_loss_only_when_it_saves(model, tmp_path):
+    class Loss:  # a device tensor stand-in that counts host reads
+        reads = 0
+
+        def __float__(self):
+            Loss.reads += 1
+            return 2.5
+
+    state = RunState()
+    checkpointer = attach(Checkpointer(RunDir(tmp_path / "run"), state, every=1), model)
+    for _ in range(3):
+        checkpointer.on_train_batch_end(0, {"loss": Loss()})
+    assert Loss.reads == 0
+    assert checkpointer.info("x")["loss"] == 2.5 and Loss.reads == 1
+
+
 def test_nan_guard_remembers_the_first_bad_step(model):
     state = RunState(batches=10)
     guard = attach(NaNGuard(state), model)

@@ -2,6 +2,7 @@
 resume position gives the epoch ends, validations and checkpoints of an uninterrupted run."""
 
 import itertools
+import math
 
 import pytest
 
@@ -72,3 +73,45 @@ def test_a_finished_run_plans_nothing_and_settings_may_change_on_resume():
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ValueError):
         StepPlan(**kwargs)
+
+
+def simulate_calls(plan):
+    """`simulate` for `steps_per_execution > 1`: Keras runs whole calls of `plan.execution`
+    batches (an epoch of n batches is ceil(n / k) calls) and the callbacks see the run state
+    after each call."""
+    k, batches, validations, checkpoints = plan.execution, plan.batches, [], []
+    for fit in plan.fits():
+        assert fit.start_batch == batches
+        for epoch in range(fit.initial_epoch, fit.epochs):
+            for _ in range(-(-fit.steps_per_epoch // k)):
+                batches += k
+                if batches >= plan.max_steps:
+                    break
+            if (epoch + 1) % fit.validation_freq == 0:
+                validations.append(batches)
+            if batches % plan.every == 0:
+                checkpoints.append(batches)
+            if batches >= plan.max_steps:
+                return validations, checkpoints, batches
+    return validations, checkpoints, batches
+
+
+@pytest.mark.parametrize("k", [2, 5, 10])
+@pytest.mark.parametrize("max_steps, eval_interval, checkpoint_every", [(20, 10, 0), (20, 5, 10), (30, 10, 5), (7, 3, 0),
+                                                                        (23, 10, 0), (12, 4, 6)])
+def test_steps_per_execution_keeps_the_schedule_of_single_steps(k, max_steps, eval_interval, checkpoint_every):
+    single = simulate(StepPlan(max_steps, eval_interval, checkpoint_every))
+    for position in range(0, max_steps):  # resumed anywhere, e.g. after a change of settings
+        plan = StepPlan(max_steps, eval_interval, checkpoint_every, batches=position, steps_per_execution=k)
+        assert k % plan.execution == 0
+        validations, checkpoints, batches = simulate_calls(plan)
+        assert batches == max_steps
+        assert validations == [s for s in single[0] if s > position]
+        assert checkpoints == [s for s in single[1] if s > position]
+    assert StepPlan(max_steps, eval_interval, checkpoint_every, steps_per_execution=k).execution == \
+        math.gcd(k, eval_interval, checkpoint_every or eval_interval, max_steps)
+
+
+def test_steps_per_execution_refuses_accumulation():
+    with pytest.raises(ValueError, match="grad_accum_steps"):
+        StepPlan(20, 10, accum=2, steps_per_execution=2)
