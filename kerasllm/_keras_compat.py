@@ -12,6 +12,7 @@ changes one fails there, by name, instead of deep inside a training run).
 | `Layer._flatten_layers(include_self, recursive)`, `Layer._trainable_variables`, `Layer._non_trainable_variables` | `kerasllm.models.lora` | Keras 3.8.0 - 3.15.1 |
 | `BaseOptimizer._clip_gradients(grads)` (overridden) | `kerasllm.training.optimizers.GradNormMixin` | Keras 3.8.0 - 3.15.1 |
 | `keras.src.backend.tensorflow.core.slice_update` (swapped while tracing) | `tensorflow_slice_update`, for `kerasllm.export.graph.portable_ops` | Keras 3.8.0 - 3.15.1 |
+| `Variable._value is None`, `Variable._initializer`, `Variable._deferred_initialize()`, the global `uninitialized_variables` list | `is_deferred`, `initialize_deferred`, `forget_deferred`, for `kerasllm.checkpoints.hf.load_weights` | Keras 3.15.1 |
 
 Tested together with TensorFlow 2.21.0 and keras-hub 0.32.0.
 """
@@ -146,3 +147,31 @@ def tensorflow_slice_update(replacement):
         yield
     finally:
         core.slice_update = original
+
+
+def is_deferred(variable):
+    """True for a variable created inside `keras.StatelessScope(initialize_variables=False)`
+    that has no value yet (Keras marks it with `_value = None`)."""
+    return getattr(variable, "_value", True) is None
+
+
+def initialize_deferred(variable, value=None):
+    """Gives a deferred variable its first value: `value` (a tensor the variable may adopt as its
+    own buffer, so no copy is made), or its own initializer's when `value` is `None`."""
+    if value is not None:
+        variable._initializer = lambda shape, dtype: value  # read once, by the next line
+    variable._deferred_initialize()
+
+
+def forget_deferred(variables):
+    """Takes `variables` off Keras' global list of variables waiting for a value.
+
+    Otherwise the next `StatelessScope` to close would initialize them again, or fail on those
+    already given a value by `initialize_deferred`.
+    """
+    from keras.src.backend.common import global_state
+
+    pending = global_state.get_global_attribute("uninitialized_variables")
+    if pending:
+        ours = {id(v) for v in variables}
+        global_state.set_global_attribute("uninitialized_variables", [v for v in pending if id(v) not in ours])

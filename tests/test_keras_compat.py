@@ -139,3 +139,22 @@ def test_multi_worker_reduction_averages_scalars_over_replicas():
         trainer._collective_all_reduce_multi_worker, trainer._is_per_replica_instance = is_collective, is_per_replica
     assert out == {"loss": 1.5}
     assert calls == [("MEAN", None)]
+
+
+def test_deferred_variable_internals_give_and_forget_a_first_value():
+    with keras.StatelessScope(initialize_variables=False):
+        variable = keras.Variable(initializer="zeros", shape=(2, 3), dtype="float32")
+    assert compat.is_deferred(variable)
+    compat.initialize_deferred(variable, keras.ops.ones((2, 3)))
+    compat.forget_deferred([variable])  # else the next StatelessScope to close initializes it again
+    assert not compat.is_deferred(variable)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), np.ones((2, 3)))
+
+    with keras.StatelessScope(initialize_variables=False):
+        other = keras.Variable(initializer="ones", shape=(4,), dtype="float32")
+    compat.forget_deferred([other])
+    with keras.StatelessScope():  # closing one initializes whatever is still pending
+        pass
+    assert compat.is_deferred(other)  # forgotten: Keras left it alone
+    compat.initialize_deferred(other)  # its own initializer
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(other), np.ones(4))

@@ -21,6 +21,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from kerasllm import _keras_compat as compat
 from kerasllm.config import ModelConfig
 from kerasllm.errors import ConfigError, DataError
 
@@ -348,7 +349,7 @@ def load_weights(model, layout, checkpoint):
             raise DataError(f"{checkpoint.directory}: no tensor maps to {', '.join(variables)}")
         _initialize_the_rest(model)
     finally:
-        _forget_unset(model)
+        compat.forget_deferred(model.variables)
     if model.tie_embeddings:
         used.add("lm_head.weight")  # tied checkpoints sometimes store the head anyway
     unexpected = [k for k in checkpoint.keys() if k not in used and not k.endswith(_IGNORED_SUFFIXES)]
@@ -423,37 +424,17 @@ def _set_value(variable, array):
     del array
     if variable.dtype != "float32":
         value = keras.ops.cast(value, variable.dtype)
-    if _is_unset(variable):
-        variable._initializer = lambda shape, dtype: value  # read once, by the next line
-        variable._deferred_initialize()
+    if compat.is_deferred(variable):
+        compat.initialize_deferred(variable, value)
     else:
         variable.assign(value)
-
-
-def _is_unset(variable):
-    # Keras' own marker of a deferred variable (created inside a StatelessScope).
-    return getattr(variable, "_value", True) is None
 
 
 def _initialize_the_rest(model):
     """Variables no checkpoint tensor holds (e.g. a dropout's seed) get their own initializers."""
     for variable in model.variables:
-        if _is_unset(variable):
-            variable._deferred_initialize()
-
-
-def _forget_unset(model):
-    """Takes the model's variables off Keras' list of variables waiting for a value.
-
-    Otherwise the next `StatelessScope` to close would initialize them, or fail on those
-    this module already set.
-    """
-    from keras.src.backend.common import global_state
-
-    pending = global_state.get_global_attribute("uninitialized_variables")
-    if pending:
-        ours = {id(v) for v in model.variables}
-        global_state.set_global_attribute("uninitialized_variables", [v for v in pending if id(v) not in ours])
+        if compat.is_deferred(variable):
+            compat.initialize_deferred(variable)
 
 
 def hf_tensors(model, layout):
