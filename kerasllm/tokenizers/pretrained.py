@@ -73,6 +73,8 @@ class PretrainedTokenizer(Tokenizer):
                                    if self._sp.is_control(i) or self._sp.is_unknown(i)]
         self.roles = self._resolve_roles(dict(roles or {}))
         self.chat_template = chat_template
+        self._units = self._single_units()
+        self._unit_tables = None
 
     def _resolve_roles(self, roles):
         resolved = {}
@@ -187,6 +189,17 @@ class PretrainedTokenizer(Tokenizer):
             return False
         spec = json.loads(self.tokenizer_json)
         return spec["model"]["type"] == "BPE" and "ByteLevel" in json.dumps(spec.get("pre_tokenizer"))
+
+    def _single_units(self):
+        """`"bytes"` or `"chars"` for a BPE `tokenizer.json` without merges or a normalizer (every
+        byte or character is its own token, as kerasllm's byte and char tokenizers export), else
+        `None`. keras-hub's `BytePairTokenizer` needs merges, so these encode in graphs by lookup."""
+        if self.tokenizer_json is None:
+            return None
+        spec = json.loads(self.tokenizer_json)
+        if spec["model"]["type"] != "BPE" or spec["model"].get("merges") or spec.get("normalizer"):
+            return None
+        return "bytes" if self.is_byte_level else "chars"
 
     # --- Python side ---------------------------------------------------------------------
     def encode(self, text):
@@ -329,7 +342,7 @@ class PretrainedTokenizer(Tokenizer):
         return self._hub
 
     def tf_encode(self, texts):
-        if self.sp_model is not None:
+        if self.sp_model is not None or self._units:  # special tokens cut out by the base class
             return super().tf_encode(texts)
         import tensorflow as tf
 
@@ -340,10 +353,58 @@ class PretrainedTokenizer(Tokenizer):
     def _tf_encode_text(self, texts):
         import tensorflow as tf
 
+        if self._units:
+            return self._tf_encode_units(texts)
         return as_ragged(tf.cast(graph_call(self.hub_tokenizer, "tokenize", texts), tf.int32))
 
     def _tf_decode_ids(self, ids):
+        import tensorflow as tf
+
+        if self._units:
+            _, strings = self._lookup_tables()
+            joined = tf.strings.reduce_join(tf.ragged.map_flat_values(tf.gather, strings, ids), axis=-1)
+            return tf.strings.unicode_transcode(joined, "UTF-8", "UTF-8", errors="replace")
         return graph_call(self.hub_tokenizer, "detokenize", ids)
+
+    def _tf_encode_units(self, texts):
+        import tensorflow as tf
+
+        table, _ = self._lookup_tables()
+        if self._units == "bytes":
+            pieces = tf.strings.bytes_split(texts)
+            units = pieces.with_flat_values(tf.cast(tf.reshape(tf.io.decode_raw(pieces.flat_values, tf.uint8), [-1]), tf.int32))
+            ids = tf.ragged.map_flat_values(tf.gather, table, units)
+        else:
+            ids = tf.ragged.map_flat_values(table.lookup, tf.strings.unicode_decode(texts, "UTF-8", errors="replace"))
+        return tf.ragged.boolean_mask(ids, ids >= 0)  # like HF: a unit outside the vocabulary is unk or dropped
+
+    def _lookup_tables(self):
+        """`(unit -> id, id -> the bytes it spells)`, built once: a 256-entry array for byte-level
+        vocabularies, a hash table of code points for character ones."""
+        if self._unit_tables is None:
+            import tensorflow as tf
+
+            from kerasllm.checkpoints.tokenizer_files import bytes_to_unicode
+
+            missing = self.unk_id if self.roles.get("unk") in self._vocab else -1
+            by_id = {i: t for t, i in self._vocab.items()}
+            spelled = [by_id.get(i, "").encode("utf-8") for i in range(self.vocabulary_size)]
+            with tf.init_scope():
+                if self._units == "bytes":
+                    alphabet = bytes_to_unicode()
+                    byte_of = {c: b for b, c in alphabet.items()}
+                    table = tf.constant([self._vocab.get(alphabet[b], missing) for b in range(256)], tf.int32)
+                    spelled = [bytes(byte_of[c] for c in t.decode("utf-8")) if all(c in byte_of for c in t.decode("utf-8"))
+                               else t for t in spelled]
+                else:
+                    units = {t: i for t, i in self._vocab.items() if len(t) == 1}
+                    table = tf.lookup.StaticHashTable(
+                        tf.lookup.KeyValueTensorInitializer(tf.constant([ord(t) for t in units], tf.int32),
+                                                            tf.constant(list(units.values()), tf.int32)),
+                        default_value=missing,
+                    )
+                self._unit_tables = (table, tf.constant(spelled, tf.string))
+        return self._unit_tables
 
     def save_hf(self, directory):
         """Writes the checkpoint's tokenizer files (`tokenizer.json` or `tokenizer.model`) and

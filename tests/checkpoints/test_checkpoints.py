@@ -354,6 +354,25 @@ def test_tokenizer_json_of_each_kind_encodes_the_same(kind):
         assert hf.encode(text).ids == tok.encode(text).tolist(), text
 
 
+@pytest.mark.parametrize("kind", ["char", "byte"])
+def test_a_merge_free_tokenizer_json_encodes_and_decodes_in_graphs(kind):
+    """kerasllm's char and byte models exported as HF checkpoints (a BPE without merges, which
+    keras-hub's BytePairTokenizer cannot take) still encode inside graphs, so they export."""
+    import tensorflow as tf
+
+    from kerasllm.checkpoints.tokenizer_files import hf_tokenizer_json
+    from kerasllm.tokenizers import get_tokenizer_class
+    from kerasllm.tokenizers.pretrained import PretrainedTokenizer
+
+    tok = PretrainedTokenizer(hf_tokenizer_json(get_tokenizer_class(kind).train(TEXTS, vocab_size=200)))
+    texts = ["The quick brown fox.", "今天天气很好", "emoji 🙂🚀 ok<eos>", "unseen ✓ ж"]
+    graph = tok.tf_encode(tf.constant(texts)).to_list()
+    assert graph == [tok.encode(text).tolist() for text in texts]
+    decoded = [t.decode("utf-8") for t in tok.tf_decode(tf.ragged.constant(graph)).numpy()]
+    assert decoded == [tok.decode(ids) for ids in graph]
+    assert decoded[1] == "今天天气很好" or kind == "char"  # bytes spell any text back
+
+
 def test_sentencepiece_tokenizer_model_python_and_graph_agree(tmp_path):
     import sentencepiece
 
