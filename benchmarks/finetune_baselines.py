@@ -130,6 +130,7 @@ def main(argv=None):
                 output = runs / f"{name.replace(' ', '_')}_{model}"
                 row[model] = model_run(backbone, train, test, max_length, [*MODELS[model], *args.set], output)
                 row[f"{model}_backbone"] = str(backbone)
+                row[f"{model}_overrides"] = args.set
                 Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
             Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     print(table(results))
