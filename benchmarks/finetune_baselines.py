@@ -11,6 +11,7 @@ validation pass kept) with the head of `recipes/sst2_finetune.toml`; the validat
     python benchmarks/finetune_baselines.py [--backbone saved_models/wikitext2_wordpiece_pretrain]
         [--zh-backbone saved_models/chnsenticorp_char_pretrain] [--sizes 1000,4000,16000]
         [--models scratch,finetuned,lora] [--sets sst2,chnsenticorp] [--data ../shared/data/sentiment]
+        [--set KEY=VALUE ...]
 
 SST-2 subsets are seeded random samples of `sst2/train.tsv`, scored on `sst2/test.tsv` (GLUE's
 labelled dev set, 872 sentences). ChnSentiCorp has one file: a seeded 20% is the test set.
@@ -114,6 +115,8 @@ def main(argv=None):
     parser.add_argument("--models", default="scratch,finetuned,lora")
     parser.add_argument("--runs", default=None, help="keep the fine-tuned runs here (default: a temporary folder)")
     parser.add_argument("--json", default=str(Path(__file__).with_suffix(".json")))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every model run (repeatable)")
     args = parser.parse_args(argv)
     results = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -125,8 +128,9 @@ def main(argv=None):
             backbone = args.zh_backbone if zh else args.backbone
             for model in [m for m in args.models.split(",") if m] if backbone else []:
                 output = runs / f"{name.replace(' ', '_')}_{model}"
-                row[model] = model_run(backbone, train, test, max_length, MODELS[model], output)
+                row[model] = model_run(backbone, train, test, max_length, [*MODELS[model], *args.set], output)
                 row[f"{model}_backbone"] = str(backbone)
+                row[f"{model}_overrides"] = args.set
                 Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
             Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     print(table(results))

@@ -314,6 +314,22 @@ def test_finetune_leaves_the_callers_config_alone_and_writes_baselines(untrained
     assert RunDir(tmp_path / "clf").kind() == "classifier"
 
 
+def test_model_dropout_given_for_finetuning_drops_out_in_the_backbone_with_the_same_weights(untrained):
+    from kerasllm.training.finetune.classify import build_classifier
+    from kerasllm.training.finetune.common import resolve_model
+    from kerasllm.training.rundir import load_run
+
+    pretrained, tokenizer, lm = load_run(untrained / "lm")
+    assert resolve_model(_small(untrained), pretrained, tokenizer).model.dropout == 0.0  # the pretrained run's
+    resolved = resolve_model(_small(untrained, "model.dropout=0.3"), pretrained, tokenizer)
+    assert resolved.model.dropout == 0.3 and resolved.model.n_embd == 16  # the rest of [model] is the run's
+    backbone = build_classifier(resolved, lm, tokenizer, ["0", "1"]).backbone
+    assert backbone is not lm and backbone.dropout == 0.3 and lm.dropout == 0.0
+    ids = encode_texts(tokenizer, ["a good film", "a dull film"], 16)
+    np.testing.assert_allclose(backbone.features(ids, training=False), lm.features(ids, training=False), rtol=1e-6)
+    assert not np.allclose(backbone.features(ids, training=True), lm.features(ids, training=True))
+
+
 def load_config_file(run_dir):
     from kerasllm.config import load_config
 

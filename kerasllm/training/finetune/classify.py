@@ -74,18 +74,37 @@ def load_examples(config, tokenizer, backbone=None):
     return Examples(names, split(texts, labels, data), split(val_texts, val_labels, ft.val_data or data), test)
 
 
+def with_dropout(backbone, rate):
+    """`backbone` itself when it drops out at `rate`, else a copy with the same weights that does.
+
+    Examples:
+
+    >>> from kerasllm.models.gpt import GPT
+    >>> lm = GPT(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16)
+    >>> lm.build((None, None))
+    >>> with_dropout(lm, 0.0) is lm, with_dropout(lm, 0.1).dropout
+    (True, 0.1)
+    """
+    if backbone.dropout == rate:
+        return backbone
+    copy = type(backbone).from_config({**backbone.get_config(), "dropout": rate})
+    copy.build((None, None))
+    copy.set_weights(backbone.get_weights())
+    return copy
+
+
 def build_classifier(config, backbone, tokenizer, labels):
     """The classifier `config.finetune` describes, on `backbone` (a pretrained LM).
 
     Applies, in order: `from_scratch` (fresh weights, same architecture), `drop_blocks`,
-    the head (`pooling`, `add_dense`), `freeze_blocks`, and LoRA (`lora_rank > 0`: only the
+    `model.dropout` (the backbone's dropout while fine-tuning), the head (`pooling`, `add_dense`), `freeze_blocks`, and LoRA (`lora_rank > 0`: only the
     adapters and the head train).
     """
     ft = config.finetune
     if ft.from_scratch:
         keras.utils.set_random_seed(config.train.seed)
         backbone = build_model(config.model, vocab_size=backbone.vocab_size)
-    backbone = truncate_backbone(backbone, ft.drop_blocks)
+    backbone = with_dropout(truncate_backbone(backbone, ft.drop_blocks), config.model.dropout)
     keras.utils.set_random_seed(config.train.seed)
     model = SequenceClassifier(
         backbone, num_classes=len(labels), pooling=ft.pooling, add_dense=ft.add_dense,

@@ -34,10 +34,13 @@ def refuse_source_as_output(from_run, output_dir):
 def resolve_model(config, pretrained, tokenizer):
     """A copy of `config` with the pretrained run's `[model]` and `finetune.max_length` filled in.
 
-    The caller's `config` is never changed.
+    For a classifier, `model.dropout` given by the recipe or `--set` is kept: it is how the
+    backbone trains, not its shape. The caller's `config` is never changed.
     """
-    model = dataclasses.replace(pretrained.model, vocab_size=tokenizer.vocabulary_size)
     ft = config.finetune
+    model = dataclasses.replace(pretrained.model, vocab_size=tokenizer.vocabulary_size)
+    if ft.task == "classify" and config.source_of("model.dropout") is not None:
+        model = dataclasses.replace(model, dropout=config.model.dropout)
     if model.arch == "gpt" and ft.max_length > model.block_size:
         raise ConfigError(
             f"finetune.max_length = {ft.max_length} exceeds the pretrained context "
