@@ -20,7 +20,6 @@ rows already there, so the columns can be run one at a time).
 """
 
 import argparse
-import csv
 import json
 import os
 import sys

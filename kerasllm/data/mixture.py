@@ -18,8 +18,6 @@ batches).
 """
 
 import dataclasses
-import hashlib
-import json
 import threading
 import time
 
@@ -320,23 +318,10 @@ def train_mixture_tokenizer(data, log=print):
 
 def mixture_tokenizer(data, root, log=print):
     """`(tokenizer, how)`: from `<root>/tokenizers/mix-<key>` when trained before, else trained."""
-    from kerasllm.data.prepare import source_signature, tokenizer_options
-    from kerasllm.tokenizers import load_tokenizer
+    from kerasllm.data.prepare import cached_or_trained_tokenizer, source_signature
 
-    payload = {
-        "sources": [(source_signature(s.dataset)[0], s.weight, s.text_field) for s in data.sources],
-        "kind": data.tokenizer, "vocab_size": data.vocab_size, "options": tokenizer_options(data),
-        "sample": data.tokenizer_sample, "text_field": data.text_field, "clean": data.clean,
-        "on_error": data.on_error,
-    }
-    key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    folder = root / "tokenizers" / f"mix-{key}" if root else None
-    if folder is not None and (folder / "tokenizer.json").is_file():
-        return load_tokenizer(folder), "from cache"
-    tokenizer = train_mixture_tokenizer(data, log)
-    if folder is not None:
-        tokenizer.save(folder)
-    return tokenizer, "trained"
+    sources = [(source_signature(s.dataset)[0], s.weight, s.text_field) for s in data.sources]
+    return cached_or_trained_tokenizer(data, "mix", root, log, sources=sources, train=train_mixture_tokenizer)
 
 
 def prepare_mixture(data, tokenizer=None, log=print):

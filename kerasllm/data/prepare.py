@@ -197,17 +197,19 @@ def train_tokenizer(data, log=print):
     return cls.train(sample, vocab_size=data.vocab_size, **options)
 
 
-def cached_or_trained_tokenizer(data, signature, root, log=print):
-    """`(tokenizer, how)`: from `<root>/tokenizers/<key>` when trained before, else trained."""
+def cached_or_trained_tokenizer(data, signature, root, log=print, sources=None, train=None):
+    """`(tokenizer, how)`: from `<root>/tokenizers/<signature>-<key>` when trained before, else
+    trained by `train(data, log)` (default `train_tokenizer`); `sources` (default `signature`)
+    is what the key records of the text it learns from."""
     key = _digest({
-        "sources": signature, "kind": data.tokenizer, "vocab_size": data.vocab_size,
+        "sources": signature if sources is None else sources, "kind": data.tokenizer, "vocab_size": data.vocab_size,
         "options": tokenizer_options(data), "sample": data.tokenizer_sample, "text_field": data.text_field,
         "clean": data.clean, "on_error": data.on_error,
     })
     folder = root / "tokenizers" / f"{signature}-{key}" if root else None
     if folder is not None and (folder / "tokenizer.json").is_file():
         return load_tokenizer(folder), "from cache"
-    tokenizer = train_tokenizer(data, log)
+    tokenizer = (train or train_tokenizer)(data, log)
     if folder is not None:
         tokenizer.save(folder)
     return tokenizer, "trained"

@@ -2,7 +2,6 @@
 
 import collections
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_text as tf_text
 
