@@ -12,22 +12,7 @@ from kerasllm.checkpoints.keras_hub_preset import backbone_hf_config, gemma_tens
 from kerasllm.checkpoints.safetensors_io import write_safetensors
 from kerasllm.errors import ConfigError
 
-VOCAB = 320
-TEXTS = ["The quick brown fox jumps over the lazy dog.\n", "今天天气很好，我们去公园散步。\n",
-         "emoji 🙂🚀 and numbers 12345\n", "hello world, hello kerasllm\n"] * 20
-
-
-def tokenizer_json(size=VOCAB):
-    """A tiny byte-level BPE (HF tokenizers), `<|endoftext|>` as id 0 (as tests/checkpoints/test_checkpoints.py)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    hf = Tokenizer(models.BPE())
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    hf.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=size, special_tokens=["<|endoftext|>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    hf.train_from_iterator(TEXTS, trainer)
-    return hf.to_str()
+from test_checkpoints import TEXTS, VOCAB, tokenizer_json  # the same tiny byte-level BPE
 
 
 def gemma_backbone(num_key_value_heads=1):
