@@ -6,6 +6,8 @@ Two pairs, each trained alternately in rounds so that a busy host slows both ali
   nanoGPT's random batches of Tiny Shakespeare) against `pretrain --recipe shakespeare_char_cpu`
   (4 layers, 4 heads, 128 wide, context 64, batch 12, no dropout), the whole kerasllm path:
   data pipeline, compiled step, callbacks.
+* `baby` (not in the default pairs): nanoGPT's baby GPT (6 x 384, context 256) at batch 12, no
+  dropout on either side, against `pretrain --recipe shakespeare_char` with the same settings.
 * `lstm`: pytorch/examples `word_language_model` at its defaults (`WordLM` below: Embedding 200
   -> 2-layer nn.LSTM 200 -> Linear, dropout 0.2, bptt 35, batch 20, plain SGD lr 20, clip 0.25,
   state carried from batch to batch) against `pretrain --recipe wikitext2_word_lstm`.
@@ -29,6 +31,7 @@ PyTorch is not a kerasllm dependency: `pip install torch --index-url https://dow
     python benchmarks/vs_pytorch.py                  # both pairs, 3 rounds (~10 min)
     python benchmarks/vs_pytorch.py --quick          # both pairs, fewer steps (~4 min)
     python benchmarks/vs_pytorch.py --pairs gpt --rounds 5 --steps 300
+    python benchmarks/vs_pytorch.py --pairs baby --quick  # nanoGPT's baby GPT at batch 12
     python benchmarks/vs_pytorch.py --lstm-epoch     # one epoch per side, valid perplexity
 
 Writes benchmarks/vs_pytorch.json (`--lstm-epoch`: vs_pytorch_lstm_epoch.json; `--out` to change).
@@ -217,8 +220,8 @@ def kerasllm_round(config, steps, warmup, workdir):
 
 # --- the pairs ------------------------------------------------------------------------------------
 
-def gpt_pair(args, workdir):
-    config = kerasllm_config("shakespeare_char_cpu", [f"data.dataset={SHAKESPEARE}", *args.set])
+def gpt_pair(args, workdir, recipe="shakespeare_char_cpu", overrides=(), steps=(150, 300), name="gpt"):
+    config = kerasllm_config(recipe, [f"data.dataset={SHAKESPEARE}", *overrides, *args.set])
     train, model = config.train, config.model
     torch.manual_seed(1337)
     data = NanoGPTData(SHAKESPEARE, model.block_size, train.batch_size)
@@ -231,11 +234,18 @@ def gpt_pair(args, workdir):
         learner.step(iteration[0], x, y)
         iteration[0] += 1
 
-    steps = args.steps or (150 if args.quick else 300)
+    steps = args.steps or steps[0 if args.quick else 1]
     # eval only at the end (outside the timed steps), as the timing excludes it anyway
     config = config.replace(train=dataclasses.replace(config.train, eval_interval=steps))
-    return run_rounds("gpt", args.rounds, steps, args.warmup, train.batch_size * model.block_size,
-                      torch_step, lambda: kerasllm_round(config, steps, args.warmup, workdir / "gpt")[0])
+    return run_rounds(name, args.rounds, steps, args.warmup, train.batch_size * model.block_size,
+                      torch_step, lambda: kerasllm_round(config, steps, args.warmup, workdir / name)[0])
+
+
+def baby_pair(args, workdir):
+    """nanoGPT's baby GPT (6 x 384, context 256) at batch 12, without dropout on both sides (the
+    reference model has none; dropout costs both about alike)."""
+    return gpt_pair(args, workdir, "shakespeare_char", ["train.batch_size=12", "model.dropout=0.0"],
+                    steps=(20, 40), name="baby")
 
 
 def words_per_token(tokenizer):
@@ -392,7 +402,7 @@ def main():
             out = args.out or HERE / "vs_pytorch_lstm_epoch.json"
         else:
             result = {"mode": "quick" if args.quick else "rounds", "rounds": args.rounds}
-            pairs = {"gpt": gpt_pair, "lstm": lstm_pair}
+            pairs = {"gpt": gpt_pair, "baby": baby_pair, "lstm": lstm_pair}
             for name in args.pairs.split(","):
                 result[name] = pairs[name](args, workdir)
             out = args.out or HERE / "vs_pytorch.json"
