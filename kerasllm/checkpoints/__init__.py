@@ -81,6 +81,33 @@ def load_pretrained(source, block_size=None):
     return config, tokenizer, model
 
 
+def pretrained_model_config(source):
+    """The `ModelConfig` of a checkpoint (any `load_pretrained` source), read from its
+    `config.json` without reading its weights: what `plan --model` sizes.
+
+    Examples:
+
+    >>> import tempfile
+    >>> from kerasllm.checkpoints.writer import save_hf
+    >>> from kerasllm.models import GPT
+    >>> from kerasllm.tokenizers import ByteTokenizer
+    >>> model = GPT(vocab_size=ByteTokenizer().vocabulary_size, block_size=16, n_layer=2, n_head=2, n_embd=16,
+    ...             mlp_activation="gelu_tanh")
+    >>> config = pretrained_model_config(save_hf(model, ByteTokenizer(), tempfile.mkdtemp()))
+    >>> config.n_layer, config.block_size, config.vocab_size == model.vocab_size
+    (2, 16, True)
+    """
+    folder, kind = resolve(source)
+    if kind == "hf":
+        hf = read_config(folder)
+    else:
+        from kerasllm.checkpoints.keras_hub_preset import preset_hf_config
+
+        hf = preset_hf_config(folder)
+    return model_config_from_hf(hf, source=str(Path(folder) / "config.json"))
+
+
 __all__ = [
-    "LLAMA_LAYOUT", "SUPPORTED_MODEL_TYPES", "folder_format", "is_pretrained_source", "load_pretrained", "resolve",
+    "LLAMA_LAYOUT", "SUPPORTED_MODEL_TYPES", "folder_format", "is_pretrained_source", "load_pretrained",
+    "pretrained_model_config", "resolve",
 ]

@@ -213,6 +213,24 @@ class InMemoryCheckpoint:
         self._tensors.pop(key, None)
 
 
+def preset_hf_config(directory):
+    """The Hugging Face `config.json` dict of a preset's backbone, from its `config.json` alone:
+    the backbone is built without values for its variables, so no weights are read or drawn."""
+    import keras
+    import keras_hub  # noqa: F401 (registers the backbone classes the config names)
+
+    from kerasllm import _keras_compat as compat
+
+    path = Path(directory) / "config.json"
+    try:
+        with keras.StatelessScope(initialize_variables=False):
+            backbone = keras.saving.deserialize_keras_object(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{path}: keras-hub cannot build this backbone: {str(error).splitlines()[0][:200]}") from None
+    compat.forget_deferred(backbone.variables)
+    return backbone_hf_config(backbone)
+
+
 def load_preset_backbone(directory):
     import keras_hub
 

@@ -3,6 +3,7 @@
     python -m kerasllm.recipes.plan --preset llama-7b --devices 8xH100 --tokens 1T
     python -m kerasllm.recipes.plan --preset gpt2-124m --devices 1xCPU --tokens 10B
     python -m kerasllm.recipes.plan --recipe llama7b_pretrain --json
+    python -m kerasllm.recipes.plan --model hf://Qwen/Qwen2.5-0.5B --devices 1xH100 --tokens 1B
 
 A recipe's `[model]`, `[train]` (batch, precision, optimizer, steps) and `[plan]` (devices,
 tokens, layout, remat) tables are read; command-line options override them.
@@ -27,8 +28,11 @@ def build_parser():
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--preset", help=f"a model preset: {', '.join(preset_names())}")
     source.add_argument("--recipe", help="a recipe TOML file or name in recipes/ (its model, [train] and [plan])")
+    source.add_argument("--model", help="a run directory (its config) or a published checkpoint: a Hugging Face "
+                        "or keras-hub preset folder, hf://ORG/NAME or a preset name (its architecture; "
+                        "[train] and [plan] at their defaults, --set to change them)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe value, e.g. --set model.n_layer=12 (with --recipe)")
+                        help="override a recipe or run value, e.g. --set model.n_layer=12 (with --recipe or --model)")
     parser.add_argument("--devices", help="COUNTxNAME: 8xH100, 64xA100, 32xv4, 16xv5e, 256xv5p, 1xCPU (default 1xCPU)")
     parser.add_argument("--tokens", help="training tokens (10B, 1T) or 'chinchilla' (20 per parameter)")
     parser.add_argument("--batch", type=int, help="global batch in sequences (default: the preset's or recipe's)")
@@ -61,9 +65,11 @@ def plan_arguments(args):
         model = _preset_arguments(args, kwargs)
         config = None
     else:
-        from kerasllm.config import load_config
+        config = _model_source_config(args.model, args.overrides) if args.model else None
+        if config is None:
+            from kerasllm.config import load_config
 
-        config = load_config(args.recipe, args.overrides)
+            config = load_config(args.recipe, args.overrides)
         model = config.model
         _recipe_arguments(config, kwargs)
     _flag_arguments(args, kwargs)
@@ -74,9 +80,26 @@ def plan_arguments(args):
     return model, kwargs
 
 
+def _model_source_config(source, overrides):
+    """A run directory's config, or a checkpoint's architecture (no weights read) under the
+    default `[train]` and `[plan]`; `--set` applies to either."""
+    from pathlib import Path
+
+    from kerasllm.config import Config, load_config
+
+    if (Path(source) / "config.toml").is_file():
+        return load_config(str(Path(source) / "config.toml"), overrides)
+    from kerasllm.checkpoints import pretrained_model_config
+
+    config = Config(name=Path(str(source).rstrip("/")).name or "pretrained", model=pretrained_model_config(source))
+    for item in overrides:
+        config.override(item)
+    return config
+
+
 def _preset_arguments(args, kwargs):
     if args.overrides:
-        raise ConfigError("--set needs --recipe; a preset is a fixed architecture")
+        raise ConfigError("--set needs --recipe or --model; a preset is a fixed architecture")
     from kerasllm.models.presets import PRESETS
 
     model = get_preset(args.preset)

@@ -60,3 +60,30 @@ def test_planner_counts_an_imported_checkpoint_exactly(kind, tmp_path):
     assert plan(m, measure_cpu=False)["parameters"]["total"] == counts["total"]
     head_width = 4 * (12 if kind == "qwen3" else 8)  # n_head * head_dim
     assert flops_per_token(m, seq_len=32, training=False) == 2 * counts["compute"] + 4 * 2 * 32 * head_width
+
+
+def test_plan_command_sizes_a_checkpoint_folder_a_preset_and_a_run_without_their_weights(tmp_path):
+    """`plan --model` reads only config.json (or a run's config.toml): the same count either way."""
+    from kerasllm.checkpoints import pretrained_model_config
+    from kerasllm.recipes.plan import build_parser, plan_arguments
+
+    hub_count = write_checkpoint("qwen2", tmp_path / "hf")
+    BACKBONES["llama"]().save_to_preset(str(tmp_path / "preset"))
+    assert pretrained_model_config(tmp_path / "hf").n_kv_head == 2
+
+    def planned(*argv):
+        model, kwargs = plan_arguments(build_parser().parse_args(["--no-measure", *argv]))
+        return plan(model, **{**kwargs, "measure_cpu": False})["parameters"]["total"], kwargs
+
+    total, kwargs = planned("--model", str(tmp_path / "hf"), "--set", "train.batch_size=4")
+    assert total == hub_count and kwargs["global_batch"] == 4
+    assert planned("--model", str(tmp_path / "preset"))[0] == BACKBONES["llama"]().count_params()
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.toml").write_text(
+        '[model]\nvocab_size = 100\nn_layer = 1\nn_head = 2\nn_embd = 16\nblock_size = 8\n')
+    from kerasllm.config import load_config
+    from kerasllm.models import build_model
+
+    run_model = build_model(load_config(str(tmp_path / "run" / "config.toml")).model)
+    assert planned("--model", str(tmp_path / "run"))[0] == run_model.count_params()
