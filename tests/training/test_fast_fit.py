@@ -2,25 +2,17 @@
 
 import csv
 import math
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+from conftest import shared_data_dir
+from test_training import text_file  # noqa: F401 (the same tiny word corpus fixture)
 
 from kerasllm.config import Config, ModelConfig, TrainConfig, load_config
 from kerasllm.training.run import pretrain
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "wikitext-2"
-
-
-@pytest.fixture
-def text_file(tmp_path):
-    rng = np.random.default_rng(0)
-    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far"]
-    path = tmp_path / "corpus.txt"
-    path.write_text(" ".join(rng.choice(words, size=6000)) + "\n", encoding="utf-8")
-    return path
+SHARED = shared_data_dir() / "wikitext-2"
 
 
 def run(tmp_path, text_file, name, **train):
