@@ -335,7 +335,15 @@ def kerasllm_stateful_nll(model, ids, batch=10, bptt=35):
     return total, count
 
 
-def lstm_epoch(args, workdir):
+def torch_epoch(args):
+    """The PyTorch side of `--lstm-epoch`, kept in `--pytorch-result` so a failed kerasllm side
+    does not cost the ~20 minutes again (`--reuse-pytorch` reads it back)."""
+    saved = Path(args.pytorch_result)
+    if args.reuse_pytorch and saved.exists():
+        result = json.loads(saved.read_text())
+        if result["batches"] == (args.epoch_steps or result["epoch_batches"]):
+            print(f"pytorch: reused {saved} (measured {result['measured']})", flush=True)
+            return result
     reference = TorchWordLM()
     torch_steps = args.epoch_steps or reference.epoch_batches
     started = time.perf_counter()
@@ -343,11 +351,18 @@ def lstm_epoch(args, workdir):
         reference.step()
     torch_seconds = time.perf_counter() - started
     torch_val = reference.evaluate()
-    torch_result = {"batches": torch_steps, "seconds": torch_seconds,
-                    "tokens_per_second": torch_steps * 20 * 35 / torch_seconds,
-                    "val_loss": torch_val, "val_perplexity": math.exp(torch_val), "vocabulary": reference.vocab_size}
+    result = {"batches": torch_steps, "epoch_batches": reference.epoch_batches, "seconds": torch_seconds,
+              "tokens_per_second": torch_steps * 20 * 35 / torch_seconds, "val_loss": torch_val,
+              "val_perplexity": math.exp(torch_val), "vocabulary": reference.vocab_size,
+              "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_average": os.getloadavg()}
+    saved.write_text(json.dumps(result, indent=1) + "\n")
     what = f"{torch_steps} steps" if args.epoch_steps else f"one epoch ({torch_steps} steps)"
     print(f"pytorch: {what} {torch_seconds:.0f} s, valid perplexity {math.exp(torch_val):.2f}", flush=True)
+    return result
+
+
+def lstm_epoch(args, workdir):
+    torch_result = torch_epoch(args)
 
     from kerasllm.training.run import prepare_data
 
@@ -390,6 +405,10 @@ def main():
     parser.add_argument("--lstm-epoch", action="store_true", help="one epoch of each LSTM; valid perplexity")
     parser.add_argument("--epoch-steps", type=int, default=0,
                         help="--lstm-epoch: train this many steps per side instead of one epoch (a smoke test)")
+    parser.add_argument("--pytorch-result", default=str(Path(tempfile.gettempdir()) / "vs_pytorch_lstm_epoch_torch.json"),
+                        help="--lstm-epoch: where the PyTorch side's result is kept")
+    parser.add_argument("--reuse-pytorch", action="store_true",
+                        help="--lstm-epoch: reuse --pytorch-result when it holds the same number of batches")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch's threads")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE override for the kerasllm recipes")
     parser.add_argument("--out")
