@@ -130,6 +130,7 @@ def test_end_of_turn_ids_come_from_the_template(chat_checkpoint):
     assert tokenizer.end_of_turn_ids() == (vocab["<|im_end|>"], vocab["<|endoftext|>"])
 
 
+@pytest.mark.slow  # a subprocess CLI run: the quick loop keeps one of this kind
 def test_generate_chat_without_a_template_is_one_error_line(tmp_path):
     from conftest import run_module
 

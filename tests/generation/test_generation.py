@@ -152,6 +152,7 @@ def test_compiled_loop_is_reused_across_calls_and_settings(gpt):
     assert c.shape == (1, 12)
 
 
+@pytest.mark.slow  # keras-hub's beam search compiles per beam count and buffer: ~15 s
 def test_beam_search_scores_at_least_greedy(gpt):
     generator = Generator(gpt)
     prompt = [[4, 5, 6]]
@@ -203,6 +204,7 @@ def test_beam_scores_are_length_penalized_log_likelihoods(gpt, length_penalty):
             np.testing.assert_allclose(score, expected, atol=1e-4)
 
 
+@pytest.mark.slow  # keras-hub's beam search compiles per beam count and buffer: ~15 s
 def test_beam_search_with_ragged_prompts_equals_one_row_at_a_time(gpt):
     """A longer row's prompt tokens are forced and unscored while shorter rows already search."""
     generator = Generator(gpt)

@@ -67,9 +67,10 @@ def test_pretrain_then_generate_end_to_end(tmp_path, corpus, tiny_overrides):
     "args, message",
     [
         (["--data", "{tmp}/missing.txt"], "missing.txt: no such file"),
-        (["--data", "{tmp}/empty.txt"], "empty.txt: the file is empty"),
-        (["--data", "{tmp}/blank.txt"], "blank.txt: only whitespace, no text"),
-        (["--data", "{tmp}/blob.bin"], "blob.bin: looks like a binary file"),
+        # Each data error costs a CLI start with TensorFlow: the quick loop keeps the first.
+        pytest.param(["--data", "{tmp}/empty.txt"], "empty.txt: the file is empty", marks=pytest.mark.slow),
+        pytest.param(["--data", "{tmp}/blank.txt"], "blank.txt: only whitespace, no text", marks=pytest.mark.slow),
+        pytest.param(["--data", "{tmp}/blob.bin"], "blob.bin: looks like a binary file", marks=pytest.mark.slow),
         (["--set", "train.max_stepz=3"], "unknown key 'train.max_stepz'"),
         (["--set", "train.max_steps=many"], "train.max_steps = 'many' has the wrong type; expected an integer"),
         (["--recipe", "nope"], "--recipe nope: not a file and not a recipe name"),
@@ -94,6 +95,7 @@ def test_help_documents_every_option():
         assert option in result.stdout
 
 
+@pytest.mark.slow  # a subprocess CLI run: the quick loop keeps one of this kind
 def test_generate_on_missing_run_is_clear(tmp_path):
     result = run_module("kerasllm.recipes.generate", "--model", tmp_path, "--prompt", "x")
     assert result.returncode == 2 and "not a kerasllm run directory" in result.stderr

@@ -55,6 +55,7 @@ def test_comparison_and_verdict():
     assert verdict(0.85, {"naive_bayes": {"accuracy": 0.85}, "features": "words"}).startswith("model is level with")
 
 
+@pytest.mark.slow  # a fine-tuning run, then evaluate: ~13 s
 def test_evaluate_json_has_the_baseline_fields(tmp_path, capsys):
     from test_finetune import write_keyword_set, write_untrained_run
 

@@ -72,6 +72,7 @@ def test_a_recipes_block_size_does_not_crop(folders, corpus, tmp_path):
     assert model.block_size == 16
 
 
+@pytest.mark.slow  # a subprocess CLI run: the quick loop keeps one of this kind
 def test_init_from_with_a_longer_block_size_is_one_error_line(folders, corpus, tmp_path):
     folder = folders["gpt2"]
     result = run_module("kerasllm.recipes.pretrain", "--init-from", folder, "--data", corpus, "--set",
