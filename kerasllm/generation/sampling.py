@@ -63,21 +63,59 @@ def sample_tokens(logits, temperature, top_k, top_p, seeds, positions):
 
 
 def _sample(logits, temperature, top_k, top_p, seeds, positions):
-    vocab = logits.shape[-1]
+    """Temperature, top-k and top-p by thresholds, then one inverse-CDF draw in vocabulary order.
+
+    No sort: XLA:CPU sorts with a comparator call per pair, which took 86 ms per step for 8 rows
+    of a 50k vocabulary (0.19 ms for 171); each threshold here is a 32-pass search of compares
+    and sums (benchmarks/RESULTS.md, issue 19). Tokens tied with the k-th likeliest all stay.
+    """
+    vocab, batch = logits.shape[-1], ops.shape(logits)[0]
     safe = ops.where(temperature > 0, temperature, 1.0)[:, None]
-    ranked, order = ops.top_k(logits / safe, k=vocab)  # (B, V) each, descending
-    rank = ops.arange(vocab)[None, :]
-    k = ops.where(top_k > 0, ops.minimum(top_k, vocab), vocab)[:, None]
-    keep = rank < k
-    probs = ops.softmax(ops.where(keep, ranked, -math.inf), axis=-1)
-    # A token stays if the mass ranked above it is below top_p (the top token always stays).
-    mass_before = ops.cumsum(probs, axis=-1) - probs
-    keep = keep & ((mass_before < top_p[:, None]) | (top_p[:, None] >= 1.0))
-    cdf = ops.cumsum(ops.where(keep, probs, 0.0), axis=-1)
-    draw = uniform_per_row(seeds, positions)[:, None] * cdf[:, -1:]  # (B, 1)
-    kept = ops.sum(ops.cast(keep, "int32"), axis=-1)
-    choice = ops.minimum(ops.sum(ops.cast(cdf <= draw, "int32"), axis=-1), kept - 1)  # (B,)
-    return ops.cast(ops.take_along_axis(order, choice[:, None], axis=1)[:, 0], "int32")
+    scaled = logits / safe  # (B, V)
+    k = ops.where(top_k > 0, ops.minimum(top_k, vocab), vocab)  # (B,)
+    keys = _order_keys(scaled)  # (B, V) int32, ordered as the floats
+    kth = ops.cond(ops.any(k < vocab), lambda: _kth_largest(keys, k),
+                   lambda: ops.min(keys, axis=-1))  # (B,)
+    probs = ops.softmax(ops.where(keys >= kth[:, None], scaled, -math.inf), axis=-1)  # (B, V)
+    floor = ops.cond(ops.any(top_p < 1.0), lambda: _nucleus_floor(probs, top_p),
+                     lambda: ops.zeros((batch,), "int32"))  # (B,)
+    weights = ops.where(_order_keys(probs) >= floor[:, None], probs, 0.0)
+    cdf = ops.cumsum(weights, axis=-1)  # (B, V)
+    draw = uniform_per_row(seeds, positions)[:, None] * cdf[:, -1:]  # (B, 1), below the total
+    choice = ops.sum(ops.cast(cdf <= draw, "int32"), axis=-1)  # the first token whose cdf passes the draw
+    return ops.cast(ops.minimum(choice, vocab - 1), "int32")
+
+
+def _order_keys(x):
+    """int32 keys of float32 `x` in the same order as the floats (the sign-magnitude bits made two's complement)."""
+    bits = ops.view(ops.cast(x, "float32"), "int32")
+    return ops.where(bits < 0, ops.bitwise_xor(bits, np.int32(0x7FFFFFFF)), bits)
+
+
+def _kth_largest(keys, k):
+    """Per row, the `k`-th largest of `keys` (with repeats): the largest `t` that `k` keys reach."""
+    lo, hi = ops.min(keys, axis=-1), ops.max(keys, axis=-1)  # (B,): lo always qualifies
+    for _ in range(32):  # each pass halves the int32 range; unrolled, so XLA fuses each pass
+        mid = ops.right_shift(lo, 1) + ops.right_shift(hi, 1) + ops.bitwise_and(ops.bitwise_or(lo, hi), 1)  # ceil
+        reached = ops.sum(ops.cast(keys >= mid[:, None], "int32"), axis=-1) >= k
+        lo, hi = ops.where(reached, mid, lo), ops.where(reached, hi, mid - 1)
+    return lo
+
+
+def _nucleus_floor(probs, top_p):
+    """Per row, the smallest probability key whose strictly likelier tokens hold less than `top_p`.
+
+    A token stays when the mass above it is below `top_p`, so the likeliest always stays; rows
+    with `top_p >= 1` keep everything (floor 0).
+    """
+    keys = _order_keys(probs)  # probabilities are >= 0: the keys are the bits
+    lo, hi = ops.zeros_like(top_p, dtype="int32"), ops.max(keys, axis=-1)  # hi always qualifies
+    for _ in range(31):  # keys of non-negative floats span 31 bits
+        mid = ops.right_shift(lo, 1) + ops.right_shift(hi, 1) + ops.bitwise_and(ops.bitwise_and(lo, hi), 1)  # floor
+        above = ops.sum(ops.where(keys > mid[:, None], probs, 0.0), axis=-1)
+        small = above < top_p
+        lo, hi = ops.where(small, lo, mid + 1), ops.where(small, mid, hi)
+    return ops.where(top_p >= 1.0, 0, lo)
 
 
 def uniform_per_row(seeds, positions):
