@@ -71,6 +71,31 @@ def test_sampler_modes():
     assert ops.convert_to_numpy(mixed)[:2].tolist() == [0, 0]
 
 
+def test_sampler_thresholds_match_a_sorted_reference():
+    """The sort-free top-k / top-p keep exactly the tokens a sort-based cut keeps (no ties here)."""
+    import math
+
+    from kerasllm.generation import sampling
+
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        vocab = int(rng.integers(2, 300))
+        scaled = (rng.normal(size=(4, vocab)) * rng.uniform(0.1, 5)).astype("float32")
+        k = rng.integers(1, vocab + 1, 4).astype("int32")
+        top_p = np.array([1.0, *rng.uniform(0.05, 0.99, 3)], "float32")
+        keys = sampling._order_keys(scaled)
+        kth = ops.convert_to_numpy(sampling._kth_largest(keys, k))
+        np.testing.assert_array_equal(kth, [np.sort(row)[::-1][n - 1] for row, n in zip(ops.convert_to_numpy(keys), k)])
+        probs = ops.convert_to_numpy(ops.softmax(ops.where(keys >= kth[:, None], scaled, -math.inf), axis=-1))
+        floor = ops.convert_to_numpy(sampling._nucleus_floor(probs, top_p))
+        for row, p, cut in zip(probs, top_p, floor):
+            order = np.argsort(-row, kind="stable")
+            expected = np.zeros(vocab, bool)
+            expected[order] = (np.cumsum(row[order]) - row[order] < p) | (p >= 1)
+            kept = ops.convert_to_numpy(sampling._order_keys(row)) >= cut
+            np.testing.assert_array_equal(kept | (row == 0), expected | (row == 0))
+
+
 def test_draws_are_keyed_by_row_seed_and_position():
     logits = np.zeros((4, 50), np.float32)  # uniform: the draw alone picks the token
     a = ops.convert_to_numpy(sample_tokens(logits, 1.0, 0, 1.0, np.array([5, 6, 7, 8], np.int32), 9))
