@@ -115,6 +115,7 @@ def main():
     parser.add_argument("--load", type=int, default=512, help="requests of the 16-client test")
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--chunk-tokens", type=int, default=16)
+    parser.add_argument("--batch-window-ms", type=float, default=20.0, help="the server's --batch-window-ms")
     parser.add_argument("--ceiling", action="store_true", help="time Generator.generate itself: 8 rows vs 1")
     parser.add_argument("--out", default=str(Path(__file__).with_name("serve.json")))
     args = parser.parse_args()
@@ -129,7 +130,8 @@ def main():
     env.pop("KERASLLM_API_KEY", None)
     server = subprocess.Popen(
         [sys.executable, "-m", "kerasllm.recipes.serve", "--model", args.model, "--port", "0",
-         "--max-batch", str(args.max_batch), "--chunk-tokens", str(args.chunk_tokens), "--max-queue", "256", "--warm-up"],
+         "--max-batch", str(args.max_batch), "--chunk-tokens", str(args.chunk_tokens), "--max-queue", "256", "--warm-up",
+         "--batch-window-ms", str(args.batch_window_ms)],
         stdout=subprocess.PIPE, text=True, env=env,
     )
     try:

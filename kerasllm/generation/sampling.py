@@ -66,7 +66,7 @@ def _sample(logits, temperature, top_k, top_p, seeds, positions):
     """Temperature, top-k and top-p by thresholds, then one inverse-CDF draw in vocabulary order.
 
     No sort: XLA:CPU sorts with a comparator call per pair, which took 86 ms per step for 8 rows
-    of a 50k vocabulary (0.19 ms for 171); each threshold here is a 32-pass search of compares
+    of a 50k vocabulary (0.19 ms for 171); each threshold here is a 32-step search of compares
     and sums (benchmarks/RESULTS.md, issue 19). Tokens tied with the k-th likeliest all stay.
     """
     vocab, batch = logits.shape[-1], ops.shape(logits)[0]
@@ -94,11 +94,15 @@ def _order_keys(x):
 
 def _kth_largest(keys, k):
     """Per row, the `k`-th largest of `keys` (with repeats): the largest `t` that `k` keys reach."""
-    lo, hi = ops.min(keys, axis=-1), ops.max(keys, axis=-1)  # (B,): lo always qualifies
-    for _ in range(32):  # each pass halves the int32 range; unrolled, so XLA fuses each pass
+    def halve(_, bounds):
+        lo, hi = bounds
         mid = ops.right_shift(lo, 1) + ops.right_shift(hi, 1) + ops.bitwise_and(ops.bitwise_or(lo, hi), 1)  # ceil
         reached = ops.sum(ops.cast(keys >= mid[:, None], "int32"), axis=-1) >= k
-        lo, hi = ops.where(reached, mid, lo), ops.where(reached, hi, mid - 1)
+        return ops.where(reached, mid, lo), ops.where(reached, hi, mid - 1)
+
+    # (B,) each: lo always qualifies; 32 halvings cover the int32 range. A loop, not unrolled:
+    # unrolled passes made every compile of the decoding loop slower.
+    lo, _ = ops.fori_loop(0, 32, halve, (ops.min(keys, axis=-1), ops.max(keys, axis=-1)))
     return lo
 
 
@@ -109,12 +113,14 @@ def _nucleus_floor(probs, top_p):
     with `top_p >= 1` keep everything (floor 0).
     """
     keys = _order_keys(probs)  # probabilities are >= 0: the keys are the bits
-    lo, hi = ops.zeros_like(top_p, dtype="int32"), ops.max(keys, axis=-1)  # hi always qualifies
-    for _ in range(31):  # keys of non-negative floats span 31 bits
+    def halve(_, bounds):
+        lo, hi = bounds
         mid = ops.right_shift(lo, 1) + ops.right_shift(hi, 1) + ops.bitwise_and(ops.bitwise_and(lo, hi), 1)  # floor
-        above = ops.sum(ops.where(keys > mid[:, None], probs, 0.0), axis=-1)
-        small = above < top_p
-        lo, hi = ops.where(small, lo, mid + 1), ops.where(small, mid, hi)
+        small = ops.sum(ops.where(keys > mid[:, None], probs, 0.0), axis=-1) < top_p
+        return ops.where(small, lo, mid + 1), ops.where(small, mid, hi)
+
+    # hi always qualifies; keys of non-negative floats span 31 bits.
+    lo, _ = ops.fori_loop(0, 31, halve, (ops.zeros_like(top_p, dtype="int32"), ops.max(keys, axis=-1)))
     return ops.where(top_p >= 1.0, 0, lo)
 
 

@@ -35,6 +35,9 @@ def build_parser():
                         help="cap on max_tokens (default export.max_new_tokens, 256; a GPT's is also block_size - 1)")
     parser.add_argument("--chunk-tokens", type=int, default=16,
                         help="while a request streams: tokens per decoding call between chunks (default 16)")
+    parser.add_argument("--batch-window-ms", type=float, default=20.0,
+                        help="how long a new batch waits at most for as many requests as the last one had "
+                        "(default 20; 0: decode whatever has arrived)")
     parser.add_argument("--warm-up", action="store_true",
                         help="compile the decoding loop before serving, for greedy requests and the run's sample "
                         "settings (sample.temperature, sample.top_k); other settings compile on first use")
@@ -49,6 +52,8 @@ def main(argv=None):
     for flag in ("max_batch", "max_queue", "chunk_tokens", "max_body_kb"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected a positive integer")
+    if not 0 <= args.batch_window_ms <= 1000:
+        raise ConfigError(f"--batch-window-ms {args.batch_window_ms}: expected 0..1000 milliseconds")
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port}: expected 0..65535")
     overrides = list(args.overrides)
@@ -65,7 +70,8 @@ def main(argv=None):
     served = ServedModel.load(args.model, overrides, name=args.name)
     sock = _bind(args.host, args.port)
     app = create_app(served, api_key=args.api_key, max_batch=args.max_batch, max_queue=args.max_queue,
-                     chunk_tokens=args.chunk_tokens, max_body_bytes=args.max_body_kb * 1024)
+                     chunk_tokens=args.chunk_tokens, max_body_bytes=args.max_body_kb * 1024,
+                     batch_window_s=args.batch_window_ms / 1000)
     if args.warm_up and served.kind == "language_model":
         _warm_up(app.state.server.scheduler, served)
     host, port = sock.getsockname()[:2]

@@ -490,6 +490,8 @@ def test_command_errors_are_one_line(tmp_path):
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: --model")
     result = run_module("kerasllm.recipes.serve", "--model", tmp_path, "--max-batch", "0")
     assert result.returncode == 2 and "error: --max-batch 0: expected a positive integer" in result.stderr
+    result = run_module("kerasllm.recipes.serve", "--model", tmp_path, "--batch-window-ms", "-5")
+    assert result.returncode == 2 and "error: --batch-window-ms -5.0: expected 0..1000 milliseconds" in result.stderr
 
 
 # --- the scheduler's policy, on a stand-in generator -------------------------------------------
