@@ -458,6 +458,7 @@ def test_sharded_checkpoint_and_a_cropped_context(tmp_path):
     np.testing.assert_allclose(np.asarray(model(x)), hub_logits(hub, x), atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.slow  # a subprocess CLI run: the quick loop keeps one of this kind
 def test_export_cli_error_is_one_line(tmp_path):
     import subprocess
     import sys

@@ -246,6 +246,7 @@ def test_more_data_parallel_devices_than_sequences():
         plan(lstm, devices="8xH100", global_batch=4)
 
 
+@pytest.mark.slow  # a subprocess CLI run: the quick loop keeps one of this kind
 def test_cli_too_many_devices_is_one_error_line():
     result = run_module("kerasllm.recipes.plan", "--preset", "llama-7b", "--devices", "4096xH100",
                         "--batch", "2048", "--strategy", "data", "--tokens", "1T")

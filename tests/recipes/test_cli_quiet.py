@@ -155,6 +155,7 @@ def test_tiny_pretrain_prints_its_own_lines_only(tmp_path):
     assert result.stdout.startswith("kerasllm: recipe 'default' ->")
 
 
+@pytest.mark.slow  # a subprocess CLI run: the quick loop keeps one of this kind
 def test_loading_the_training_package_still_registers_the_models():
     """`kerasllm.models` imports GPT and the LSTM lazily; `load_run` must still find them."""
     result = run_python(
