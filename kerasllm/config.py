@@ -222,7 +222,8 @@ class DataConfig(_Section):
     augment_insert: float = _opt(0.0, "classification augmentation: random word insertion rate", bounds="[0, 1]")
     augment_synonym: float = _opt(0.0, "classification augmentation: synonym substitution rate", bounds="[0, 1]")
     synonyms: str = _opt("", "synonym table for augmentation: a file of 'word<TAB>syn1,syn2' lines")
-    num_proc: int = _opt(0, "processes tokenizing token-store shards in parallel; 0: the number of CPU cores")
+    num_proc: int = _opt(0, "cores preparing the token store: worker processes tokenizing shards in parallel "
+                         "(1: this process alone, on one core); 0: the number of CPU cores")
     tokenizer_sample: int = _opt(
         100, "MB of text, sampled with data.seed across the whole corpus, that trained tokenizers learn from; 0: all"
     )

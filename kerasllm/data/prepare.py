@@ -15,6 +15,7 @@ and ends byte-identical to an uninterrupted run's.
 import atexit
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import heapq
@@ -264,6 +265,22 @@ def num_workers(data):
     return data.num_proc or os.cpu_count() or 1
 
 
+@contextlib.contextmanager
+def one_core_if(single):
+    """With `single`, Hugging Face `tokenizers` (BPE, WordPiece, Unigram) trains and encodes on
+    this thread alone, as the workers always do: `data.num_proc = 1` uses one core."""
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
+    if single:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # read by tokenizers at every call
+    try:
+        yield
+    finally:
+        if single and saved is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        elif single:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved
+
+
 def map_units(job, units, num_proc):
     """`job(unit)` of every unit, in order: in this process, or in `num_proc` forked workers
     with a bounded read-ahead of units."""
@@ -433,10 +450,11 @@ def prepare_store(data, tokenizer=None, log=print):
     signature, total_bytes, _ = source_signature(data.dataset)
     root = cache_root(data.cache_dir) if data.cache else None
     how = "reused"
-    if tokenizer is None:
-        tokenizer, how = cached_or_trained_tokenizer(data, signature, root, log)
-    directory = store_directory(data, signature, tokenizer, root or _scratch_root())
-    store, built = build_store(directory, data, tokenizer, total_bytes, log)
+    with one_core_if(num_workers(data) == 1):
+        if tokenizer is None:
+            tokenizer, how = cached_or_trained_tokenizer(data, signature, root, log)
+        directory = store_directory(data, signature, tokenizer, root or _scratch_root())
+        store, built = build_store(directory, data, tokenizer, total_bytes, log)
     if store.index.get("skipped"):
         first = store.index["skipped_first"][0]
         log(f"data: skipped {store.index['skipped']} bad files or rows (data.on_error = 'skip'); first: {first}")

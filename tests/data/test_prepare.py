@@ -170,3 +170,23 @@ def test_preparing_a_few_hundred_megabytes_stays_in_bounded_memory(tmp_path):
     # been seen up to 3.07 GB (unexplained; see benchmarks/RESULTS.md, token store), so what is
     # asserted is the property itself: 4x the text, about the same memory.
     assert large - small < 1e9, f"peak RSS {small / 1e9:.2f} GB for 50 MB, {large / 1e9:.2f} GB for 200 MB"
+
+
+def test_one_process_prepares_on_one_core_and_restores_the_setting(tmp_path, monkeypatch):
+    """`data.num_proc = 1`: tokenizers' thread pool is off while the tokenizer trains and encodes."""
+    from kerasllm.data import prepare
+
+    corpus(tmp_path / "data", files=2, words=300)
+    seen = []
+    real_encode = prepare.encode_shard
+
+    def encode(*args, **kwargs):
+        seen.append(os.environ.get("TOKENIZERS_PARALLELISM"))
+        return real_encode(*args, **kwargs)
+
+    monkeypatch.setattr(prepare, "encode_shard", encode)
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
+    settings = ["data.tokenizer=bpe", "data.vocab_size=300", "data.num_proc=1"]
+    prepare_lm_data(config(tmp_path / "data", tmp_path / "c", *settings), log=lambda *_: None)
+    assert seen and set(seen) == {"false"}
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "true"  # the caller's setting is back
