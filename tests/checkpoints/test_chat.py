@@ -114,7 +114,9 @@ def test_sft_on_chat_rows_lowers_the_assistant_loss(chat_run):
     assert any("sft: 24 examples" in line and "(198 response targets)" in line for line in lines), lines
 
 
-@pytest.mark.parametrize("flags", [["--no-stream"], [], ["--num-beams", "2"]])
+# Each way of decoding compiles its own loop: the quick loop keeps the first.
+@pytest.mark.parametrize("flags", [["--no-stream"], pytest.param([], marks=pytest.mark.slow),
+                                   pytest.param(["--num-beams", "2"], marks=pytest.mark.slow)])
 def test_generate_chat_renders_the_prompt_and_stops_at_the_end_of_turn(chat_run, flags, capsys):
     from kerasllm.recipes.generate import main
 

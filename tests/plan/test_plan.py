@@ -172,6 +172,7 @@ def test_llama7b_recipe_is_the_planned_launch():
     assert math.ceil(parse_count(config.plan.tokens) / (2048 * 2048)) == config.train.max_steps
 
 
+@pytest.mark.slow  # a subprocess CLI run: the quick loop keeps one of this kind
 def test_cli_json_and_errors():
     result = run_module("kerasllm.recipes.plan", "--preset", "llama-7b", "--devices", "8xH100",
                         "--tokens", "1T", "--json")
