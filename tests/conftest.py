@@ -36,6 +36,19 @@ def tiny_overrides():
     ]
 
 
+def free_ports(n):
+    """`n` distinct free TCP ports on 127.0.0.1 (for local multi-worker clusters)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
 def run_module(module, *args, env=None, timeout=600):
     """Runs `python -m module args...` and returns the CompletedProcess."""
     import subprocess

@@ -77,9 +77,10 @@ def _sample(logits, temperature, top_k, top_p, seeds, positions):
     kth = ops.cond(ops.any(k < vocab), lambda: _kth_largest(keys, k),
                    lambda: ops.min(keys, axis=-1))  # (B,)
     probs = ops.softmax(ops.where(keys >= kth[:, None], scaled, -math.inf), axis=-1)  # (B, V)
-    floor = ops.cond(ops.any(top_p < 1.0), lambda: _nucleus_floor(probs, top_p),
+    prob_keys = _order_keys(probs)  # probabilities are >= 0: the keys are their bits
+    floor = ops.cond(ops.any(top_p < 1.0), lambda: _nucleus_floor(prob_keys, probs, top_p),
                      lambda: ops.zeros((batch,), "int32"))  # (B,)
-    weights = ops.where(_order_keys(probs) >= floor[:, None], probs, 0.0)
+    weights = ops.where(prob_keys >= floor[:, None], probs, 0.0)
     cdf = ops.cumsum(weights, axis=-1)  # (B, V)
     draw = uniform_per_row(seeds, positions)[:, None] * cdf[:, -1:]  # (B, 1), below the total
     choice = ops.sum(ops.cast(cdf <= draw, "int32"), axis=-1)  # the first token whose cdf passes the draw
@@ -106,13 +107,13 @@ def _kth_largest(keys, k):
     return lo
 
 
-def _nucleus_floor(probs, top_p):
+def _nucleus_floor(keys, probs, top_p):
     """Per row, the smallest probability key whose strictly likelier tokens hold less than `top_p`.
 
     A token stays when the mass above it is below `top_p`, so the likeliest always stays; rows
-    with `top_p >= 1` keep everything (floor 0).
+    with `top_p >= 1` keep everything (floor 0). `keys` are `_order_keys(probs)`.
     """
-    keys = _order_keys(probs)  # probabilities are >= 0: the keys are the bits
+
     def halve(_, bounds):
         lo, hi = bounds
         mid = ops.right_shift(lo, 1) + ops.right_shift(hi, 1) + ops.bitwise_and(ops.bitwise_and(lo, hi), 1)  # floor

@@ -4,7 +4,6 @@ and the run is the single-process run: two local workers (MultiWorkerMirroredStr
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -12,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -45,16 +44,6 @@ SETTINGS = [
     "train.max_steps=12", "train.eval_interval=4", "train.eval_steps=2", "train.warmup_steps=2",
     "train.grad_clip=0.0", "train.learning_rate=3e-3", "train.jit_compile=false",
 ]
-
-
-def free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def start(recipe, output, tf_config=None):

@@ -87,7 +87,7 @@ def test_sampler_thresholds_match_a_sorted_reference():
         kth = ops.convert_to_numpy(sampling._kth_largest(keys, k))
         np.testing.assert_array_equal(kth, [np.sort(row)[::-1][n - 1] for row, n in zip(ops.convert_to_numpy(keys), k)])
         probs = ops.convert_to_numpy(ops.softmax(ops.where(keys >= kth[:, None], scaled, -math.inf), axis=-1))
-        floor = ops.convert_to_numpy(sampling._nucleus_floor(probs, top_p))
+        floor = ops.convert_to_numpy(sampling._nucleus_floor(sampling._order_keys(probs), probs, top_p))
         for row, p, cut in zip(probs, top_p, floor):
             order = np.argsort(-row, kind="stable")
             expected = np.zeros(vocab, bool)

@@ -4,7 +4,6 @@ workers, TPU resolver fallback, and keras.distribution on JAX with 2 host device
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -12,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -91,16 +90,6 @@ def test_mirrored_over_two_logical_cpus_matches_one_device(corpus, tmp_path):
     np.testing.assert_allclose(mirrored["loss"], one["loss"], rtol=1e-4)
     np.testing.assert_allclose(mirrored["val_loss"], one["val_loss"], rtol=1e-4)
     assert one["loss"][-1] < one["loss"][0]
-
-
-def free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def test_multi_worker_mirrored_two_local_workers_agree(corpus, tmp_path):

@@ -9,17 +9,21 @@ from kerasllm.training import pretrain
 from kerasllm.training.rundir import RunDir, load_run
 
 
-@pytest.fixture(scope="module")
-def hf_folder(tmp_path_factory):
+def tiny_hf_checkpoint(folder, **shape):
+    """A random 1-layer, 16-wide GPT (context 16) and a byte tokenizer saved as a Hugging Face folder."""
     from kerasllm.checkpoints.writer import save_hf
     from kerasllm.models import GPT
     from kerasllm.tokenizers import ByteTokenizer
 
     tokenizer = ByteTokenizer()
-    model = GPT(vocab_size=tokenizer.vocabulary_size, block_size=16, n_layer=1, n_head=2, n_embd=16,
-                mlp_activation="gelu_tanh")
+    model = GPT(vocab_size=tokenizer.vocabulary_size, block_size=16, n_layer=1, n_head=2, n_embd=16, **shape)
     model.build((None, None))
-    return save_hf(model, tokenizer, tmp_path_factory.mktemp("hf"))
+    return save_hf(model, tokenizer, folder)
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    return tiny_hf_checkpoint(tmp_path_factory.mktemp("hf"), mlp_activation="gelu_tanh")
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import run_module
+from test_init_from import corpus, tiny_hf_checkpoint  # noqa: F401 (the same tiny word corpus fixture)
 from kerasllm.config import Config, TrainConfig
 from kerasllm.errors import ConfigError
 from kerasllm.training import pretrain
@@ -16,28 +17,9 @@ SHAPES = {
 }
 
 
-def hf_folder(tmp_path_factory, kind):
-    from kerasllm.checkpoints.writer import save_hf
-    from kerasllm.models import GPT
-    from kerasllm.tokenizers import ByteTokenizer
-
-    tokenizer = ByteTokenizer()
-    model = GPT(vocab_size=tokenizer.vocabulary_size, block_size=16, n_layer=1, n_head=2, n_embd=16, **SHAPES[kind])
-    model.build((None, None))
-    return save_hf(model, tokenizer, tmp_path_factory.mktemp(kind))
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    return {kind: hf_folder(tmp_path_factory, kind) for kind in SHAPES}
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "text.txt"
-    rng = np.random.default_rng(0)
-    path.write_text(" ".join(rng.choice(["to", "be", "or", "not", "that"], size=2000)) + "\n", encoding="utf-8")
-    return path
+    return {kind: tiny_hf_checkpoint(tmp_path_factory.mktemp(kind), **shape) for kind, shape in SHAPES.items()}
 
 
 def tiny_config(corpus, *overrides):
