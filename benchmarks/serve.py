@@ -151,14 +151,19 @@ def main():
         rounds = []
         load_before = os.getloadavg()[0]
         for r in range(args.rounds):
+            start = decoding_stats(url)
             one = phase(url, 1, args.serial, args.max_tokens)
             before = decoding_stats(url)
             eight = phase(url, 8, 8 * args.serial, args.max_tokens)
             after = decoding_stats(url)
             eight["rows_per_call"] = (after["rows"] - before["rows"]) / max(after["calls"] - before["calls"], 1)
+            # The share of the phase the model spent inside decoding calls; the rest is HTTP and waiting.
+            one["busy"] = (before["busy_ms"] - start["busy_ms"]) / (1000 * one["wall_s"])
+            eight["busy"] = (after["busy_ms"] - before["busy_ms"]) / (1000 * eight["wall_s"])
             rounds.append({"one": one, "eight": eight, "ratio": eight["tokens_per_s"] / one["tokens_per_s"]})
             print(f"round {r + 1}: 1 client {one['tokens_per_s']:.0f} tok/s, 8 clients {eight['tokens_per_s']:.0f} "
-                  f"tok/s ({eight['rows_per_call']:.1f} rows per decoding call): {rounds[-1]['ratio']:.2f}x")
+                  f"tok/s ({eight['rows_per_call']:.1f} rows per decoding call; model busy {one['busy']:.0%} / "
+                  f"{eight['busy']:.0%}): {rounds[-1]['ratio']:.2f}x")
         load = phase(url, 16, args.load, args.max_tokens)
         load_after = os.getloadavg()[0]
     finally:

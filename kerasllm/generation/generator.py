@@ -122,6 +122,7 @@ class Generator:
         self.jit_compile = jit_compile
         self.context = model.context_length  # None: no limit
         self._decode = _compile(functools.partial(loop.decode, model), jit_compile)
+        self._packs = hasattr(model, "prefill_packed")  # a GPT: ragged batches prefill packed
         self._prefill = _compile(functools.partial(loop.prefill, model), jit_compile)
         self._advance = _compile(functools.partial(loop.advance, model), jit_compile)
         self._full = _compile(functools.partial(loop.last_logits, model), jit_compile)
@@ -292,8 +293,10 @@ class Generator:
                 outs.append(np.concatenate([row, np.concatenate(new)]) if new else row)
             return outs
         buffer, _ = _right_padded(rows, self._buffer_length(total))
+        packing = loop.pack_prompts(rows, buffer.shape[1]) if self._packs and len(rows) > 1 and max_new_tokens else None
         result = ops.convert_to_numpy(self._decode(
-            buffer, lengths, np.asarray(max_new_tokens, np.int32), sampling, np.asarray(stop_ids, np.int32).reshape(-1)
+            buffer, lengths, np.asarray(max_new_tokens, np.int32), sampling, np.asarray(stop_ids, np.int32).reshape(-1),
+            packing,
         ))
         outs = [result[i, : lengths[i] + max_new_tokens] for i in range(len(rows))]
         if stop_ids:

@@ -14,6 +14,7 @@ slots before it; an LSTM's state is kept over them), so every row samples its fi
 the same step and a ragged batch takes `max_new_tokens` steps, like each of its rows alone.
 """
 
+import numpy as np
 from keras import ops
 
 from kerasllm.generation.sampling import sample_tokens
@@ -66,6 +67,104 @@ def prefill(model, buffer, start, offsets=None):
     return ops.take(logits, last, axis=1)[:, 0], cache
 
 
+def rows_per_pass(batch):
+    """Packed rows per pass of `packed_prefill`: a quarter of the batch (at least one).
+
+    On 2 CPU cores a 128-token forward pass costs about the same laid out as (8, 16) or
+    (1, 128) tokens (benchmarks/RESULTS.md, issue 19): what packing saves is the padding.
+    """
+    return max(1, batch // 4)
+
+
+def pack_prompts(rows, length):
+    """Lays out a batch's prompts for `packed_prefill` (host side, NumPy).
+
+    The prompts go, longest first, into the first packed row of `length` slots with room
+    (first-fit decreasing); each keeps the cache row and the right-aligned slots `decode`
+    gives it. Packed rows are grouped `rows_per_pass(batch)` to a pass. Unused cells are
+    filler (segment -1) written to the last slot of row 0, which the first decoding step that
+    reaches it rewrites before anything attends to it.
+
+    Args:
+        rows: the prompts, lists or 1-D int arrays, each at least 1 and less than `length` long.
+        length: the cache length.
+
+    Returns:
+        A dict of int32 arrays: `ids`, `segments`, `rows`, `slots`, each `(passes, rows per
+        pass, length)` (room for one packed row per prompt), `last` `(batch, 2)` (the packed
+        row and column of each prompt's last token) and `passes` (the passes in use).
+
+    Examples:
+
+    >>> packing = pack_prompts([[5, 6, 7], [8]], 8)
+    >>> packing["ids"][0, 0].tolist(), packing["slots"][0, 0, :4].tolist(), int(packing["passes"])
+    ([5, 6, 7, 8, 0, 0, 0, 0], [0, 1, 2, 2], 1)
+    """
+    lengths = [len(r) for r in rows]
+    start = max(lengths)  # every prompt ends here once right-aligned
+    fills, members = [], []
+    for b in sorted(range(len(rows)), key=lambda b: -lengths[b]):
+        g = next((g for g, fill in enumerate(fills) if fill + lengths[b] <= length), len(fills))
+        if g == len(fills):
+            fills.append(0)
+            members.append([])
+        fills[g] += lengths[b]
+        members[g].append(b)
+    per_pass = rows_per_pass(len(rows))
+    packed = -(-len(rows) // per_pass) * per_pass
+    grid = {"ids": np.zeros((packed, length), np.int32), "segments": np.full((packed, length), -1, np.int32),
+            "rows": np.zeros((packed, length), np.int32), "slots": np.full((packed, length), length - 1, np.int32)}
+    last = np.zeros((len(rows), 2), np.int32)
+    for g, batch_rows in enumerate(members):
+        column = 0
+        for b in batch_rows:
+            n, cells = lengths[b], slice(column, column + lengths[b])
+            grid["ids"][g, cells], grid["segments"][g, cells], grid["rows"][g, cells] = rows[b], b, b
+            grid["slots"][g, cells] = np.arange(start - n, start)
+            last[b] = (g, column + n - 1)
+            column += n
+    out = {name: a.reshape(packed // per_pass, per_pass, length) for name, a in grid.items()}
+    return {**out, "last": last, "passes": np.asarray(-(-len(fills) // per_pass), np.int32)}
+
+
+def packed_prefill(model, packing, batch, length):
+    """`prefill` of right-aligned prompts from their `pack_prompts` layout.
+
+    Runs one pass of packed rows at a time (`model.prefill_packed`), as many passes as the
+    packed rows in use need: the cost follows the prompts' total length, where `prefill` pays
+    every row up to the longest prompt.
+
+    Args:
+        model: a language model with `prefill_packed` (a `GPT`).
+        packing: the arrays of `pack_prompts` (as tensors).
+        batch: rows of the cache.
+        length: the cache length.
+
+    Returns:
+        `(logits, cache)`: float32 `(batch, vocab)` predicting each row's first new token, and
+        the cache, holding what `prefill(model, aligned, start, offsets)` holds.
+    """
+    per_pass = ops.shape(packing["ids"])[1]
+    last = ops.cast(packing["last"], "int32")  # (B, 2)
+
+    def run(p, cache):
+        ids, segments, rows, slots = (ops.take(packing[k], p, axis=0) for k in ("ids", "segments", "rows", "slots"))
+        picks = ops.stack([ops.clip(last[:, 0] - p * per_pass, 0, per_pass - 1), last[:, 1]], axis=1)  # (B, 2)
+        logits, cache = model.prefill_packed(ids, segments, cache, rows, slots, picks)  # (B, V)
+        here = (last[:, 0] >= p * per_pass) & (last[:, 0] < (p + 1) * per_pass)  # (B,)
+        return here, logits, cache
+
+    _, logits, cache = run(0, model.init_cache(batch, length))
+
+    def body(p, logits, cache):
+        here, new, cache = run(p, cache)
+        return p + 1, ops.where(here[:, None], new, logits), cache
+
+    passes = ops.cast(packing["passes"], "int32")
+    _, logits, cache = ops.while_loop(lambda p, logits, cache: p < passes, body, (ops.ones((), "int32"), logits, cache))
+    return logits, cache
+
+
 def advance(model, logits, cache, index, position, sampling, offsets=None):
     """Samples the token at slot `index` from `logits` and runs it against the cache.
 
@@ -89,12 +188,14 @@ def advance(model, logits, cache, index, position, sampling, offsets=None):
     return token, logits[:, 0], cache
 
 
-def decode(model, buffer, lengths, max_new_tokens, sampling, stop_ids):
+def decode(model, buffer, lengths, max_new_tokens, sampling, stop_ids, packing=None):
     """Generates up to `max_new_tokens` after each row's prompt.
 
     The rows are right-aligned in the cache, so that every prompt ends at slot
     `max(lengths)`; the loop then takes `max_new_tokens` steps (a traced limit: a buffer
     padded beyond it costs no steps), or fewer once every row has produced one of `stop_ids`.
+    With `packing` (the prompts' `pack_prompts` layout, for a model with `prefill_packed`)
+    the cache is filled by `packed_prefill` instead of `prefill`.
 
     Args:
         model: the language model.
@@ -104,6 +205,7 @@ def decode(model, buffer, lengths, max_new_tokens, sampling, stop_ids):
         max_new_tokens: int32 scalar.
         sampling: dict of the sampler settings, `(batch,)` tensors.
         stop_ids: int32 `(n,)`, possibly empty.
+        packing: optional dict of `pack_prompts` arrays for these prompts and `length`.
 
     Returns:
         int32 `(batch, length)`: each row's prompt and new tokens, right-padded as `buffer`
@@ -128,7 +230,10 @@ def decode(model, buffer, lengths, max_new_tokens, sampling, stop_ids):
     end = start + ops.cast(max_new_tokens, "int32")
     slots = ops.arange(length, dtype="int32")[None, :]  # (1, L)
     aligned = _roll_rows(buffer, offsets)
-    logits, cache = prefill(model, aligned, start, offsets)
+    if packing is None:
+        logits, cache = prefill(model, aligned, start, offsets)
+    else:
+        logits, cache = packed_prefill(model, packing, batch, length)
     stop_ids = ops.cast(stop_ids, "int32")
 
     def cond(index, aligned, logits, cache, done):

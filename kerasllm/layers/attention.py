@@ -42,6 +42,11 @@ class CausalSelfAttention(keras.layers.Layer):
         offsets: optional int `(batch,)`, with a cache: row `b`'s sequence starts at slot
             `offsets[b]` (left-padded rows); its earlier slots are never attended and its
             positions are `slot - offsets[b]`. None: every row starts at slot 0.
+        cache_slots: optional `(rows, slots)`, int `(batch, time)` each, with a cache and instead
+            of `cache_index`: a packed prefill. `x` holds whole prompts packed into rows (laid
+            out by `attention_mask` and `positions`); attention stays within them, and the key
+            and value of `x[b, t]` are written to the cache's row `rows[b, t]` at slot
+            `slots[b, t]` (nothing is read from the cache).
 
     Returns:
         `y` of the shape of `x`, or `(y, updated_cache)` when a cache is given.
@@ -124,7 +129,7 @@ class CausalSelfAttention(keras.layers.Layer):
         self.built = True
 
     def call(self, x, cache=None, cache_index=None, attention_mask=None, positions=None, training=None,
-             offsets=None):
+             offsets=None, cache_slots=None):
         batch, time = ops.shape(x)[0], ops.shape(x)[1]
         H, D = self.n_head, self.head_dim
         start = 0 if cache_index is None else cache_index
@@ -132,7 +137,10 @@ class CausalSelfAttention(keras.layers.Layer):
             positions = cached_positions(time, start, offsets)
         q, k, v = self.project_qkv(x, start_index=start, positions=positions)
 
-        if cache is None and attention_mask is not None:
+        if cache is not None and cache_slots is not None:
+            y = ops.dot_product_attention(q, self._repeat_kv(k), self._repeat_kv(v), mask=attention_mask)
+            cache = (scatter_slots(cache[0], k, *cache_slots), scatter_slots(cache[1], v, *cache_slots))
+        elif cache is None and attention_mask is not None:
             y = ops.dot_product_attention(q, self._repeat_kv(k), self._repeat_kv(v), mask=attention_mask)
         elif cache is None:
             y = ops.dot_product_attention(q, self._repeat_kv(k), self._repeat_kv(v), is_causal=True)
@@ -255,6 +263,17 @@ class CausalSelfAttention(keras.layers.Layer):
             rope_scaling=self.rope_scaling,
         )
         return config
+
+
+def scatter_slots(cache, x, rows, slots):
+    """`cache` `(B, K, S, D)` with `x[b, t]` `(K, D)` written to row `rows[b, t]`, slot `slots[b, t]`."""
+    batch, time, heads = ops.shape(x)[0], ops.shape(x)[1], ops.shape(x)[2]
+    shape = (batch, time, heads)
+    index = ops.stack([ops.broadcast_to(ops.cast(rows, "int32")[:, :, None], shape),
+                       ops.broadcast_to(ops.arange(heads, dtype="int32")[None, None, :], shape),
+                       ops.broadcast_to(ops.cast(slots, "int32")[:, :, None], shape)], axis=-1)  # (B, T, K, 3)
+    updates = ops.reshape(ops.cast(x, cache.dtype), (-1, ops.shape(x)[3]))  # (B * T * K, D)
+    return ops.scatter_update(cache, ops.reshape(index, (-1, 3)), updates)
 
 
 def cached_positions(time, start, offsets):

@@ -30,7 +30,7 @@ class DecoderBlock(keras.layers.Layer):
 
     Call arguments:
         x: `(batch, time, n_embd)`.
-        cache, cache_index, attention_mask, positions, offsets: see `CausalSelfAttention`.
+        cache, cache_index, attention_mask, positions, offsets, cache_slots: see `CausalSelfAttention`.
 
     Examples:
 
@@ -104,12 +104,13 @@ class DecoderBlock(keras.layers.Layer):
         self.built = True
 
     def call(self, x, cache=None, cache_index=None, attention_mask=None, positions=None, training=None,
-             offsets=None):
+             offsets=None, cache_slots=None):
         if cache is None:
             attended = self.attn(self.norm_1(x), attention_mask=attention_mask, positions=positions, training=training)
             x = x + attended  # (B, T, C)
         else:
             attended, cache = self.attn(self.norm_1(x), cache=cache, cache_index=cache_index, offsets=offsets,
+                                        attention_mask=attention_mask, positions=positions, cache_slots=cache_slots,
                                         training=training)
             x = x + attended
         x = x + self.mlp(self.norm_2(x), training=training)  # (B, T, C)

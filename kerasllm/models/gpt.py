@@ -247,6 +247,38 @@ class GPT(keras.Model):
             caches.append(layer_cache)
         return self._head(x), tuple(caches)
 
+    def prefill_packed(self, token_ids, segment_ids, cache, rows, slots, picks):
+        """Runs whole prompts, packed back to back into rows, into the cache in one pass.
+
+        `kerasllm.generation.loop.packed_prefill` drives it: a ragged batch's prompts cost the
+        passes their tokens need, not `batch x longest prompt`. Each token attends within its
+        own prompt (as `call` with `segment_ids`) and its keys and values go to its own cache
+        row and slot.
+
+        Args:
+            token_ids: int `(packed_rows, time)`.
+            segment_ids: int `(packed_rows, time)`: equal ids mark one prompt (contiguous runs).
+            cache: the cache from `init_cache`.
+            rows: int `(packed_rows, time)`: the cache row of each token.
+            slots: int `(packed_rows, time)`: the cache slot of each token (its position in its
+                prompt counts from the prompt's first token, as with `offsets`).
+            picks: int `(n, 2)`: `(packed row, column)` of the tokens whose logits are returned.
+
+        Returns:
+            `(logits, cache)`: float32 `(n, vocab)` and the updated cache.
+        """
+        positions, mask = segment_layout(segment_ids)
+        x = self.embed(token_ids, positions=positions)  # (P, T, C)
+        caches = []
+        for block, layer_cache in zip(self.blocks, cache):
+            x, layer_cache = block(x, cache=layer_cache, attention_mask=mask, positions=positions,
+                                   cache_slots=(rows, slots))
+            caches.append(layer_cache)
+        time = ops.shape(x)[1]
+        flat = ops.reshape(x, (-1, self.n_embd))  # (P * T, C)
+        picked = ops.take(flat, picks[:, 0] * time + picks[:, 1], axis=0)  # (n, C)
+        return self._head(picked[:, None])[:, 0], tuple(caches)
+
     def get_config(self):
         config = super().get_config()
         config.update(
