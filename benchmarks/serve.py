@@ -13,7 +13,8 @@ client:
 
 The server compiles the decoding loop's shapes before it listens (`--warm-up`, not timed).
 `--ceiling` instead times `Generator.generate` itself in this process, 1 row vs 8 rows of the
-same prompts (alternating, medians): the most any batching scheduler can gain on this host.
+same prompts (alternating, medians; the 8 rows also with the chunked prefill): the most any
+batching scheduler can gain on this host.
 
     python benchmarks/serve.py --model saved_models/default [--rounds 3] [--serial 24] [--load 512]
     python benchmarks/serve.py --model saved_models/default --ceiling
@@ -77,33 +78,38 @@ def decoding_stats(url):
 
 
 def ceiling(args):
-    """Tokens/s of one `generate` call on 8 rows vs on 1 row, side by side."""
+    """Tokens/s of one `generate` call on 8 rows vs on 1 row, side by side.
+
+    The 8-row call is timed twice: with the packed prefill `generate` uses for a batch, and
+    with the chunked prefill (every row up to the longest prompt) for comparison.
+    """
     from kerasllm.generation import Generator
     from kerasllm.training import load_run
 
     _, tokenizer, model = load_run(args.model)
     generator = Generator(model, tokenizer)
+    packs = generator._packs
     rows = [tokenizer.encode(p) for p in PROMPTS[:8]]
     settings = {"max_new_tokens": args.max_tokens, "temperature": 0.8, "top_k": 40, "stop_ids": (tokenizer.eos_id,)}
-    times, cpu = {1: [], 8: []}, {1: [], 8: []}
-    for batch in (1, 8):
-        generator.generate(rows[:batch], **settings)  # compile
-    for _ in range(5 * args.rounds):
-        for batch in (1, 8):
+    cases = {"1 row": (rows[:1], packs), "8 rows": (rows, packs), "8 rows, chunked prefill": (rows, False)}
+    times, cpu = {name: [] for name in cases}, {name: [] for name in cases}
+    for _ in range(5 * args.rounds + 1):  # the first round compiles
+        for name, (batch, packed) in cases.items():
+            generator._packs = packed
             start, start_cpu = time.perf_counter(), time.process_time()
-            generator.generate(rows[:batch], **settings)
-            times[batch].append(time.perf_counter() - start)
-            cpu[batch].append(time.process_time() - start_cpu)
-    one, eight = (statistics.median(times[b]) for b in (1, 8))
-    one_cpu, eight_cpu = (statistics.median(cpu[b]) for b in (1, 8))
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"generate, 1 row: {1000 * one:.1f} ms ({args.max_tokens / one:,.0f} tok/s); 8 rows: {1000 * eight:.1f} ms "
-          f"({8 * args.max_tokens / eight:,.0f} tok/s): {8 * one / eight:.2f}x ({len(times[1])} calls each, medians)")
-    # CPU time is what a shared host's load does not inflate: the work a call needs.
-    print(f"CPU time, 1 row: {1000 * one_cpu:.1f} ms; 8 rows: {1000 * eight_cpu:.1f} ms: {8 * one_cpu / eight_cpu:.2f}x")
-    return {"one_row_ms": 1000 * one, "eight_rows_ms": 1000 * eight, "ratio": 8 * one / eight,
-            "one_row_cpu_ms": 1000 * one_cpu, "eight_rows_cpu_ms": 1000 * eight_cpu,
-            "cpu_ratio": 8 * one_cpu / eight_cpu, "load_average": os.getloadavg()[0], "cores": os.cpu_count()}
+            generator.generate(batch, **settings)
+            times[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    wall = {name: statistics.median(t[1:]) for name, t in times.items()}
+    cpu = {name: statistics.median(t[1:]) for name, t in cpu.items()}
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {5 * args.rounds} calls each, medians")
+    for name, seconds in wall.items():
+        n = 1 if name == "1 row" else 8
+        print(f"generate, {name}: {1000 * seconds:.1f} ms ({n * args.max_tokens / seconds:,.0f} tok/s), "
+              f"CPU {1000 * cpu[name]:.1f} ms" + ("" if n == 1 else f": {8 * wall['1 row'] / seconds:.2f}x one row"))
+    return {"wall_ms": {k: 1000 * v for k, v in wall.items()}, "cpu_ms": {k: 1000 * v for k, v in cpu.items()},
+            "ratio": 8 * wall["1 row"] / wall["8 rows"], "ratio_chunked": 8 * wall["1 row"] / wall["8 rows, chunked prefill"],
+            "load_average": os.getloadavg()[0], "cores": os.cpu_count()}
 
 
 def main():
