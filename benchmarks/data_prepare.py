@@ -20,6 +20,7 @@ records the CPU seconds it used (user + system, all threads and workers) and the
 when it ended, so a run on a busy host can be told from one on a quiet host.
 
     python benchmarks/data_prepare.py [--mb 200] [--gb 1,5] [--parts throughput,rss] [--tokenizers char,byte,bpe]
+        [--repeat 1] [--workers 1,2]
 
 Writes benchmarks/data_prepare.json and prints a table.
 """
@@ -30,6 +31,7 @@ import os
 import random
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -165,24 +167,49 @@ def pretrain_peak(corpus, scratch):
     return main_peak, peak_tree, seconds
 
 
-def throughput(scratch, mb, kinds=("char", "byte", "bpe")):
+def throughput(scratch, mb, kinds=("char", "byte", "bpe"), repeat=1, workers=(1, 2)):
+    """Every measurement `repeat` times, in rounds (so a drift of the shared host hits all of them)."""
     corpus = build_corpus(scratch / f"corpus-{mb}mb.txt", mb * 10**6)
     rows = []
 
-    def measure(what, num_proc, run):
+    def measure(what, num_proc, run, round_):
         seconds, cpu = run()
-        rows.append({"what": what, "num_proc": num_proc, "seconds": seconds, "mb_per_s": mb / seconds,
+        rows.append({"what": what, "num_proc": num_proc, "round": round_, "seconds": seconds, "mb_per_s": mb / seconds,
                      "cpu_seconds": cpu, "load_1min": os.getloadavg()[0]})
         print(f"  {rows[-1]}", flush=True)
 
-    for kind in kinds:
-        for num_proc in (1, 2):
-            measure(f"kerasllm {kind}" + (" 8k" if kind == "bpe" else ""), num_proc,
-                    lambda kind=kind, num_proc=num_proc: prepare_seconds(corpus, scratch / "cache", kind, num_proc))
-    if "bpe" in kinds:  # the peer that the BPE row must not be slower than
-        measure("HF tokenizers bpe 8k train + encode_batch", "rayon", lambda: hf_seconds(corpus))
+    for round_ in range(1, repeat + 1):
+        for kind in kinds:
+            for num_proc in workers:
+                measure(f"kerasllm {kind}" + (" 8k" if kind == "bpe" else ""), num_proc,
+                        lambda kind=kind, num_proc=num_proc: prepare_seconds(corpus, scratch / "cache", kind, num_proc),
+                        round_)
+            if kind == "bpe":  # the peer that the BPE row must not be slower than
+                measure("HF tokenizers bpe 8k train + encode_batch", "rayon", lambda: hf_seconds(corpus), round_)
     corpus.unlink()
-    return {"mb": mb, "rows": rows}
+    return {"mb": mb, "rows": rows, "summary": summarize(rows)}
+
+
+def summarize(rows):
+    """Medians over rounds, 2 workers vs 1, and kerasllm's BPE vs HF's, each per round then the median."""
+    def seconds(what, num_proc, round_):
+        return next((r["seconds"] for r in rows if (r["what"], r["num_proc"], r["round"]) == (what, num_proc, round_)), None)
+
+    summary = []
+    for what, num_proc in dict.fromkeys((r["what"], r["num_proc"]) for r in rows):
+        mine = [r for r in rows if (r["what"], r["num_proc"]) == (what, num_proc)]
+        row = {"what": what, "num_proc": num_proc, "rounds": len(mine),
+               "seconds": statistics.median(r["seconds"] for r in mine),
+               "mb_per_s": statistics.median(r["mb_per_s"] for r in mine),
+               "cpu_seconds": statistics.median(r["cpu_seconds"] for r in mine)}
+        pairs = [(seconds(what, 1, r["round"]), r["seconds"]) for r in mine]
+        if num_proc == 2 and all(one for one, _ in pairs):
+            row["vs_one_worker"] = statistics.median(one / two for one, two in pairs)
+        hf = [seconds("HF tokenizers bpe 8k train + encode_batch", "rayon", r["round"]) for r in mine]
+        if "bpe" in what and num_proc != "rayon" and all(hf):
+            row["vs_hf"] = statistics.median(h / r["seconds"] for h, r in zip(hf, mine))
+        summary.append(row)
+    return summary
 
 
 def rss(scratch, sizes_gb):
@@ -203,6 +230,8 @@ def main():
     parser.add_argument("--gb", default="1,5", help="comma-separated corpus sizes in GB for the RSS runs")
     parser.add_argument("--parts", default="throughput,rss")
     parser.add_argument("--tokenizers", default="char,byte,bpe", help="throughput: which tokenizers (bpe adds HF's)")
+    parser.add_argument("--repeat", type=int, default=1, help="throughput: rounds of every measurement (medians)")
+    parser.add_argument("--workers", default="1,2", help="throughput: comma-separated data.num_proc values")
     parser.add_argument("--scratch", default=tempfile.gettempdir(), help="folder for the generated corpora")
     parser.add_argument("--output", default=str(Path(__file__).with_suffix(".json")))
     args = parser.parse_args()
@@ -210,21 +239,22 @@ def main():
     result = {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()}
     try:
         if "throughput" in args.parts:
-            result["throughput"] = throughput(scratch, args.mb, args.tokenizers.split(","))
+            result["throughput"] = throughput(scratch, args.mb, args.tokenizers.split(","), args.repeat,
+                                              [int(w) for w in args.workers.split(",")])
         if "rss" in args.parts:
             result["rss"] = rss(scratch, [float(g) for g in args.gb.split(",")])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     Path(args.output).write_text(json.dumps(result, indent=1))
-    rows = result.get("throughput", {}).get("rows", [])
-    print(f"\n{result.get('throughput', {}).get('mb', '?')} MB, {os.cpu_count()} CPUs")
-    print("| what | workers | seconds | MB/s | 2 workers vs 1 | CPU seconds | load average |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    rows = result.get("throughput", {}).get("summary", [])
+    print(f"\n{result.get('throughput', {}).get('mb', '?')} MB, {os.cpu_count()} CPUs; medians over rounds")
+    print("| what | workers | rounds | seconds | MB/s | 2 workers vs 1 | vs HF | CPU seconds |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
-        one = next((r for r in rows if r["what"] == row["what"] and r["num_proc"] == 1), None)
-        speedup = f"{one['seconds'] / row['seconds']:.2f}x" if row["num_proc"] == 2 and one else ""
-        print(f"| {row['what']} | {row['num_proc']} | {row['seconds']:.1f} | {row['mb_per_s']:.2f} | {speedup} | "
-              f"{row['cpu_seconds']:.1f} | {row['load_1min']:.1f} |")
+        vs_one = f"{row['vs_one_worker']:.2f}x" if "vs_one_worker" in row else ""
+        vs_hf = f"{row['vs_hf']:.2f}x" if "vs_hf" in row else ""
+        print(f"| {row['what']} | {row['num_proc']} | {row['rounds']} | {row['seconds']:.1f} | {row['mb_per_s']:.2f} | "
+              f"{vs_one} | {vs_hf} | {row['cpu_seconds']:.1f} |")
     print("\n| corpus | main process peak RSS | process tree peak RSS | seconds |\n| --- | --- | --- | --- |")
     for row in result.get("rss", []):
         print(f"| {row['corpus_gb']:g} GB | {row['main_peak_gb']:.2f} GB | {row['tree_peak_gb']:.2f} GB | {row['seconds']:.0f} |")

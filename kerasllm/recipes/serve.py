@@ -36,7 +36,8 @@ def build_parser():
     parser.add_argument("--chunk-tokens", type=int, default=16,
                         help="while a request streams: tokens per decoding call between chunks (default 16)")
     parser.add_argument("--batch-window-ms", type=float, default=20.0,
-                        help="how long a new batch waits at most for as many requests as the last one had "
+                        help="how long a new batch waits at most for as many requests as the last one had, "
+                        "besides those that came while it ran "
                         "(default 20; 0: decode whatever has arrived)")
     parser.add_argument("--warm-up", action="store_true",
                         help="compile the decoding loop before serving, for greedy requests and the run's sample "

@@ -74,6 +74,7 @@ class Job:
         self.deliver = deliver
         self.tokens = []
         self.cancelled = False
+        self.submitted = time.monotonic()
 
     def cancel(self):
         """Asks the worker to drop this row at the next chunk boundary."""
@@ -92,8 +93,8 @@ class BatchScheduler:
         max_batch: rows per `generate` call.
         max_queue: jobs waiting or running at once; `submit` raises `QueueFull` beyond it.
         chunk_tokens: tokens per `generate` call between two chances to stream and re-batch.
-        window_s: how long a new batch waits at most for as many jobs as the previous batch had
-            (a lone client does not wait).
+        window_s: how long a new batch waits at most for as many jobs as the previous batch had,
+            besides those that arrived while it ran (a lone client does not wait).
         lock: held around every model call (the server's scoring shares the model).
 
     Examples:
@@ -126,6 +127,7 @@ class BatchScheduler:
         self.chunk_tokens = chunk_tokens
         self.window_s = window_s
         self._last_batch = 1
+        self._call_ended = 0.0  # time.monotonic() when the last decoding call returned
         self.lock = lock or threading.Lock()
         self._waiting = collections.deque()
         self._active = []
@@ -238,10 +240,15 @@ class BatchScheduler:
                     self._cond.wait()
                 if self._closed:
                     return None
-                self._active = [self._waiting.popleft()]
                 # Clients answered by the last batch are likely sending their next requests:
-                # wait (at most window_s) until as many jobs as it had are here.
-                expected = min(self._last_batch, self.max_batch)
+                # wait (at most window_s) until as many jobs as it had are here, besides the
+                # jobs that came while it ran. Counting those among the returning clients
+                # would split a fixed set of clients into two batches for good: a late
+                # request misses a call, fills a slot of the next, and pushes a returning
+                # client out of it, which then misses that call in turn.
+                missed = sum(1 for job in self._waiting if job.submitted < self._call_ended)
+                expected = min(self._last_batch + missed, self.max_batch)
+                self._active = [self._waiting.popleft()]
                 deadline = time.monotonic() + self.window_s
                 while not self._closed:
                     self._admit()
@@ -300,6 +307,7 @@ class BatchScheduler:
                 top_k=[s.top_k for s in settings], top_p=[s.top_p for s in settings],
                 seed=[job.seed for job in padded_jobs], stop_ids=stop_ids,
             )
+        self._call_ended = time.monotonic()
         self.stats.update(calls=1, rows=len(live), steps=steps, busy_ms=int(1000 * (time.perf_counter() - started)))
         for job, row, ids in zip(live, rows, out):
             new = [int(i) for i in np.asarray(ids)[len(row):]][: job.remaining]

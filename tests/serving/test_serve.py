@@ -568,6 +568,44 @@ def test_jobs_with_other_settings_share_a_call_with_per_row_settings(scheduler):
     assert scheduler.batch_key(other) != scheduler.batch_key(jobs[0])  # one set of stop ids per call
 
 
+def test_a_request_that_missed_a_call_does_not_take_a_returning_clients_slot():
+    from kerasllm.serving import BatchScheduler, Job, Sampling
+
+    class HeldGenerator(RecordingGenerator):
+        """Its first call waits until the test lets it return."""
+
+        release = threading.Event()
+
+        def generate(self, rows, max_new_tokens, **sampling):
+            if not self.calls:
+                assert self.release.wait(30)
+            return super().generate(rows, max_new_tokens, **sampling)
+
+    scheduler = BatchScheduler(HeldGenerator(), max_batch=4, max_queue=8, window_s=2.0)
+    scheduler.start()
+    done = {}
+
+    def job(name, length):  # the prompt's length tells the jobs apart in the recorded calls
+        done[name] = threading.Event()
+        return Job([1] * length, 1, Sampling(temperature=0), lambda kind, value: kind != "tokens" and done[name].set())
+
+    try:
+        with scheduler.lock:  # three clients at once: the first call
+            scheduler.submit([job("a", 1), job("b", 2), job("c", 3)])
+        time.sleep(0.2)
+        scheduler.submit([job("late", 4)])  # arrives while the first call runs
+        scheduler.generator.release.set()
+        assert all(done[name].wait(30) for name in "abc")
+        for name, length in (("a2", 5), ("b2", 6), ("c2", 7)):  # the three clients come back one by one
+            time.sleep(0.05)
+            scheduler.submit([job(name, length)])
+        assert all(done[name].wait(30) for name in ("late", "a2", "b2", "c2"))
+    finally:
+        scheduler.close()
+    # Counting the late job among the returning clients would have run [4, 5, 6] and then [7] alone.
+    assert [rows for rows, _ in scheduler.generator.calls] == [[1, 2, 3, 1], [4, 5, 6, 7]]
+
+
 def test_the_queue_has_a_bound(scheduler):
     from kerasllm.serving import Job, Sampling
     from kerasllm.serving.batching import QueueFull
