@@ -156,7 +156,13 @@ def test_defaults_of_the_checkpoint_options_keep_the_logits_bit_identical(name):
     assert [k.split("/", 3)[3] for k in keys] == [w.path.split("/", 1)[1] for w in model.weights]
     for key, weight in zip(keys, model.weights):
         weight.assign(saved[key])
-    np.testing.assert_array_equal(np.asarray(model(saved["tokens"])), saved[f"{name}/logits"])
+    logits = np.asarray(model(saved["tokens"]))
+    if name == "gpt2":
+        # Exact GELU is now computed through erf rather than TensorFlow's erfc form (faster under
+        # XLA): the same function, rounded differently, so within float32 rounding, not bit for bit.
+        np.testing.assert_allclose(logits, saved[f"{name}/logits"], rtol=0, atol=1e-6)
+    else:
+        np.testing.assert_array_equal(logits, saved[f"{name}/logits"])
 
 
 QWEN3_LIKE = ModelConfig(
