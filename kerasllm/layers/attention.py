@@ -137,11 +137,10 @@ class CausalSelfAttention(keras.layers.Layer):
             positions = cached_positions(time, start, offsets)
         q, k, v = self.project_qkv(x, start_index=start, positions=positions)
 
-        if cache is not None and cache_slots is not None:
+        if attention_mask is not None and (cache is None or cache_slots is not None):
             y = ops.dot_product_attention(q, self._repeat_kv(k), self._repeat_kv(v), mask=attention_mask)
-            cache = (scatter_slots(cache[0], k, *cache_slots), scatter_slots(cache[1], v, *cache_slots))
-        elif cache is None and attention_mask is not None:
-            y = ops.dot_product_attention(q, self._repeat_kv(k), self._repeat_kv(v), mask=attention_mask)
+            if cache_slots is not None:  # a packed prefill writes what it computed, reads nothing
+                cache = (scatter_slots(cache[0], k, *cache_slots), scatter_slots(cache[1], v, *cache_slots))
         elif cache is None:
             y = ops.dot_product_attention(q, self._repeat_kv(k), self._repeat_kv(v), is_causal=True)
         else:

@@ -241,11 +241,16 @@ class GPT(keras.Model):
         if offsets is not None:
             positions = cached_positions(ops.shape(token_ids)[1], cache_index, offsets)  # (B, T)
         x = self.embed(token_ids, start_index=cache_index, positions=positions)  # (B, T, C)
+        x, cache = self._blocks_with_cache(x, cache, cache_index=cache_index, offsets=offsets)
+        return self._head(x), cache
+
+    def _blocks_with_cache(self, x, cache, **kwargs):
+        """Runs `x` through every block with its layer of the cache: `(x, updated cache)`."""
         caches = []
         for block, layer_cache in zip(self.blocks, cache):
-            x, layer_cache = block(x, cache=layer_cache, cache_index=cache_index, offsets=offsets)
+            x, layer_cache = block(x, cache=layer_cache, **kwargs)
             caches.append(layer_cache)
-        return self._head(x), tuple(caches)
+        return x, tuple(caches)
 
     def prefill_packed(self, token_ids, segment_ids, cache, rows, slots, picks):
         """Runs whole prompts, packed back to back into rows, into the cache in one pass.
@@ -269,15 +274,12 @@ class GPT(keras.Model):
         """
         positions, mask = segment_layout(segment_ids)
         x = self.embed(token_ids, positions=positions)  # (P, T, C)
-        caches = []
-        for block, layer_cache in zip(self.blocks, cache):
-            x, layer_cache = block(x, cache=layer_cache, attention_mask=mask, positions=positions,
-                                   cache_slots=(rows, slots))
-            caches.append(layer_cache)
+        x, cache = self._blocks_with_cache(x, cache, attention_mask=mask, positions=positions,
+                                           cache_slots=(rows, slots))
         time = ops.shape(x)[1]
         flat = ops.reshape(x, (-1, self.n_embd))  # (P * T, C)
         picked = ops.take(flat, picks[:, 0] * time + picks[:, 1], axis=0)  # (n, C)
-        return self._head(picked[:, None])[:, 0], tuple(caches)
+        return self._head(picked[:, None])[:, 0], cache
 
     def get_config(self):
         config = super().get_config()

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from kerasllm.generation import Generator, loop
+from kerasllm.generation.generator import _right_padded
 from kerasllm.models import GPT
 
 LENGTH = 48
@@ -50,9 +51,7 @@ def test_packed_prefill_fills_the_cache_prefill_fills(kind):
     lengths = np.array(PROMPT_LENGTHS, np.int32)
     start = int(lengths.max())
     offsets = start - lengths
-    buffer = np.zeros((len(rows), LENGTH), np.int32)
-    for b, row in enumerate(rows):
-        buffer[b, : len(row)] = row
+    buffer, _ = _right_padded(rows, LENGTH)
     aligned = loop._roll_rows(buffer, offsets)
     logits, cache = loop.prefill(model, aligned, start, offsets)
     packed_logits, packed_cache = loop.packed_prefill(model, loop.pack_prompts(rows, LENGTH), len(rows), LENGTH)
